@@ -1,0 +1,3 @@
+from benchkit.cli.main import run
+
+run()
