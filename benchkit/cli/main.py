@@ -20,6 +20,7 @@ from benchkit.errors import BenchKitError
 #: Command modules, in the order their commands appear in ``--help``.
 COMMAND_MODULES = [
     "benchkit.cli.project",
+    "benchkit.cli.migrate",
 ]
 
 LOGO = r"""[bold cyan]
