@@ -138,7 +138,7 @@ def read_project_file(path: Path) -> dict[str, Any]:
     table = data.get("project", {})
     if not isinstance(table, dict):
         raise ConfigError(f"project file {path}: [project] must be a table")
-    merged = {k: v for k, v in data.items() if k in KNOWN_SETTINGS}
+    merged = {k: v for k, v in data.items() if k in KNOWN_SETTINGS and not isinstance(v, dict)}
     merged.update(table)
     if "name" in merged:
         merged.setdefault("project", merged.pop("name"))

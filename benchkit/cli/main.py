@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BenchKitError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         if args.verbose or os.environ.get("BENCHKIT_TRACEBACK"):
             err_console.print_exception()
         return 1
