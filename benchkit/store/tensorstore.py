@@ -1,0 +1,641 @@
+"""Stores served by tensorstore's kvstore: ``memory://``, ``tensorstore+file://``, ``s3://``, ``gs://``.
+
+Large objects
+-------------
+tensorstore moves whole values only: no streaming, no multipart upload (one S3 PUT, at most
+5 GB), no size call, and about 3x a value in memory while it is read or written (see
+shared/notes/TENSORSTORE.md). So an object larger than ``part_size`` (default 32 MiB) is
+written as parts at hidden sibling keys, then a small *manifest* at the key itself::
+
+    a/b.bin                         <- manifest: MAGIC + {"size": N, "parts": [[key, size], ...]}
+    a/.b.bin.parts/<upload-id>/000000
+    a/.b.bin.parts/<upload-id>/000001 ...
+
+The manifest is written last, so the object appears atomically: a put killed half way leaves
+only hidden parts (never listed) and the old object, if any, untouched. Replacing an object
+deletes the old upload's parts after the new manifest is in place; ``delete`` and
+``delete_prefix`` remove the parts too, including leftovers of killed puts. A small object
+whose bytes happen to begin with the manifest magic is stored as a one-part object, so raw
+bytes are never misread as a manifest.
+
+Memory bound: ``put_file`` reads the file one part at a time with at most two parts in flight;
+``get_file``/``iter_blocks`` read one part ahead; ``get_range`` reads only the parts it
+covers. Peak memory is therefore a small multiple of ``part_size`` (about 3x for each part in
+flight inside tensorstore), whatever the object's size.
+
+Costs: every read first fetches the object's first bytes to tell a manifest from a plain value
+(two requests per small read on S3). ``stat`` of a plain object (one no larger than
+``part_size``) reads its whole value, because tensorstore has no size call; a manifest already
+holds the size. ``exists`` is a zero-byte read.
+
+Processes: tensorstore runs its own threads and aborts a process forked after they started.
+Handles are therefore opened lazily per process, a store pickles as its spec (so spawn or
+forkserver workers reopen it), and using a file, S3 or GCS store in a forked child of a
+process that already used one raises :class:`StoreError` instead of aborting
+(``fork_safe`` is False for those stores). ``memory://`` stores live in the process and are
+fork-safe: a forked child sees a copy of the parent's objects.
+
+Endpoints and credentials
+-------------------------
+S3: ``s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1``; else the settings
+``s3_endpoint``/``s3_region`` (``BENCHKIT_S3_ENDPOINT``/``BENCHKIT_S3_REGION``), else
+``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` and ``AWS_REGION``/``AWS_DEFAULT_REGION``
+(region default ``us-east-1``). tensorstore ignores those variables itself, so they are put in
+the spec. Credentials come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, else
+``~/.aws/credentials`` (profile ``AWS_PROFILE``), else anonymous access.
+GCS: ``gs://bucket/prefix``; a local GCS-compatible server is selected with the environment
+variable ``TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:PORT`` (tensorstore has no endpoint field).
+Requests are retried ``BENCHKIT_S3_RETRIES`` times (default 3, backoff 0.1 s to 1 s), so a dead
+endpoint fails within seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import tensorstore as ts
+
+from benchkit.errors import (
+    InvalidKey,
+    ObjectNotFound,
+    StoreConnectionError,
+    StoreError,
+    StorePermissionError,
+    UnsupportedStoreURL,
+)
+from benchkit.store.base import (
+    DEFAULT_PART_SIZE,
+    ObjectInfo,
+    Store,
+    atomic_file,
+    check_key,
+    check_prefix,
+    is_hidden,
+)
+
+log = logging.getLogger(__name__)
+
+#: First bytes of a manifest object (NUL first, so no text file starts with it by accident).
+MAGIC = b"\x00BENCHKIT-PARTS/1\n"
+#: Parts written concurrently by ``put``/``put_file`` (each costs about 3x ``part_size``).
+WRITE_AHEAD = 2
+#: Parts read ahead by ``iter_blocks``/``get_file``.
+READ_AHEAD = 1
+DEFAULT_RETRIES = 3
+
+# tensorstore aborts a forked child that touches it once its threads started in the parent;
+# this remembers which process started them (the memory driver starts none).
+_threads_pid: int | None = None
+# memory://name -> the KvStore holding that store's objects in this process
+_memory_handles: dict[str, Any] = {}
+_memory_lock = threading.Lock()
+
+
+def _key_successor(prefix: bytes) -> bytes:
+    """The smallest byte string greater than every string starting with ``prefix``."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return b""  # no upper bound
+    p[-1] += 1
+    return bytes(p)
+
+
+def _prefix_range(prefix: str) -> Any:
+    raw = prefix.encode()
+    return ts.KvStore.KeyRange(raw, _key_successor(raw))
+
+
+def _parts_dir(key: str) -> str:
+    """Hidden folder holding the parts of ``key``: ``a/.b.bin.parts/``."""
+    head, _, base = key.rpartition("/")
+    return f"{head + '/' if head else ''}.{base}.parts/"
+
+
+def _retries() -> dict[str, Any]:
+    raw = os.environ.get("BENCHKIT_S3_RETRIES", "")
+    try:
+        n = int(raw) if raw.strip() else DEFAULT_RETRIES
+    except ValueError as e:
+        raise StoreError(f"BENCHKIT_S3_RETRIES must be a whole number, got {raw!r}") from e
+    return {"max_retries": max(1, n), "initial_delay": "0.1s", "max_delay": "1s"}
+
+
+def _aws_credentials() -> dict[str, Any]:
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return {"type": "environment"}
+    cred_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or str(
+        Path.home() / ".aws" / "credentials"
+    )
+    if os.path.isfile(cred_file):
+        return {"type": "default", "profile": os.environ.get("AWS_PROFILE", "default")}
+    log.info(
+        "no AWS credentials in the environment or ~/.aws/credentials: using anonymous S3 access"
+    )
+    return {"type": "anonymous"}
+
+
+def _s3_spec(bucket: str, path: str, query: dict[str, list[str]]) -> tuple[dict[str, Any], str]:
+    """The tensorstore spec of an S3 store and a description of its endpoint."""
+    endpoint = (query.get("endpoint") or [None])[0]
+    region = (query.get("region") or [None])[0]
+    if endpoint is None or region is None:
+        from benchkit.settings import load_settings
+
+        settings = load_settings()
+        endpoint = endpoint or settings.get("s3_endpoint")
+        region = region or settings.get("s3_region")
+    endpoint = (
+        endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    region = (
+        region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
+    spec: dict[str, Any] = {
+        "driver": "s3",
+        "bucket": bucket,
+        "path": path,
+        "aws_region": region,
+        "aws_credentials": _aws_credentials(),
+        "context": {"s3_request_retries": _retries()},
+    }
+    if endpoint:
+        spec["endpoint"] = endpoint.rstrip("/")
+    return spec, endpoint or f"AWS S3 ({region})"
+
+
+class TensorStoreStore(Store):
+    """A store over one tensorstore kvstore; large objects are kept as parts (see module doc)."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        url: str,
+        part_size: int = DEFAULT_PART_SIZE,
+        endpoint: str | None = None,
+    ) -> None:
+        if part_size < 1024:
+            raise StoreError(f"part_size must be at least 1 KiB, got {part_size}")
+        self.spec = spec
+        self.url = url
+        self.part_size = int(part_size)
+        self.endpoint = endpoint
+        self.driver = spec["driver"]
+        self.fork_safe = self.driver == "memory"
+        self._kv: Any = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, part_size: int = DEFAULT_PART_SIZE) -> TensorStoreStore:
+        """Build the store for ``memory://name``, ``tensorstore+file:///path``, ``s3://`` or ``gs://``."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "memory":
+            name = (parts.netloc + parts.path).strip("/") or "default"
+            return cls({"driver": "memory", "name": name}, f"memory://{name}", part_size)
+        if scheme == "tensorstore+file":
+            if parts.netloc not in ("", "localhost"):
+                raise UnsupportedStoreURL(
+                    f"store URL {url!r}: tensorstore+file needs an absolute path, "
+                    "e.g. tensorstore+file:///data/store"
+                )
+            root = os.path.abspath(unquote(parts.path) or "/")
+            return cls(
+                {"driver": "file", "path": root.rstrip("/") + "/"},
+                f"tensorstore+file://{root}",
+                part_size,
+            )
+        if scheme in ("s3", "gs"):
+            bucket = parts.netloc
+            if not bucket:
+                raise UnsupportedStoreURL(
+                    f"store URL {url!r} names no bucket: use {scheme}://BUCKET/PREFIX"
+                )
+            prefix = unquote(parts.path).strip("/")
+            path = prefix + "/" if prefix else ""
+            clean = f"{scheme}://{bucket}/{prefix}".rstrip("/")
+            if scheme == "s3":
+                spec, endpoint = _s3_spec(bucket, path, parse_qs(parts.query))
+            else:
+                spec = {
+                    "driver": "gcs",
+                    "bucket": bucket,
+                    "path": path,
+                    "context": {"gcs_request_retries": _retries()},
+                }
+                endpoint = os.environ.get("TENSORSTORE_GCS_HTTP_URL") or "Google Cloud Storage"
+            return cls(spec, clean, part_size, endpoint)
+        raise UnsupportedStoreURL(
+            f"{url!r} is not a tensorstore URL (memory://, tensorstore+file://, s3://, gs://)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the spec travels, not the handle: each process opens its own (see module doc)
+        return (type(self), (self.spec, self.url, self.part_size, self.endpoint))
+
+    def _store(self) -> Any:
+        """This process's kvstore handle, opened on first use."""
+        global _threads_pid
+        pid = os.getpid()
+        if self._kv is not None and self._pid == pid:
+            return self._kv
+        with self._lock:
+            if self._kv is not None and self._pid == pid:
+                return self._kv
+            if self.driver == "memory":
+                name = self.spec["name"]
+                with _memory_lock:
+                    if name not in _memory_handles:
+                        _memory_handles[name] = ts.KvStore.open({"driver": "memory"}).result()
+                    kv = _memory_handles[name]
+            else:
+                if _threads_pid is not None and _threads_pid != pid:
+                    raise StoreError(
+                        f"store {self.url} cannot be used in this process: it was forked from one "
+                        "that already used a tensorstore store, and tensorstore does not survive "
+                        "fork(). Start workers with multiprocessing_context='spawn' or "
+                        "'forkserver' (e.g. DataLoader(..., multiprocessing_context='spawn'))"
+                    )
+                spec = {k: v for k, v in self.spec.items()}
+                try:
+                    kv = ts.KvStore.open(spec).result()
+                except ValueError as e:
+                    raise self._error(e, None, "open") from e
+                _threads_pid = pid
+            self._kv, self._pid = kv, pid
+            return kv
+
+    # --- errors ------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"store {self.url}" + (f" (endpoint {self.endpoint})" if self.endpoint else "")
+
+    def _error(self, e: Exception, key: str | None, op: str) -> Exception:
+        """Map a tensorstore failure to a BenchKit error naming the store and what to check."""
+        msg = str(e)
+        code = msg.split(":", 1)[0].strip()
+        short = msg.split(" [", 1)[0][:300]
+        what = f"{op} '{key}'" if key else op
+        if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            if self.driver == "s3":
+                hint = (
+                    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE and "
+                    "~/.aws/credentials) and the bucket policy"
+                )
+            elif self.driver == "gcs":
+                hint = "check GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`) and the bucket's IAM"
+            else:
+                hint = "check the directory's owner and mode"
+            return StorePermissionError(f"{self._where()} refused {what}: {short}. {hint}")
+        connection = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or (
+            code == "ABORTED" and ("CURL" in msg or "retry attempts" in msg)
+        )
+        if connection:
+            setting = (
+                "BENCHKIT_S3_ENDPOINT (or ?endpoint= in the store URL)"
+                if self.driver == "s3"
+                else "TENSORSTORE_GCS_HTTP_URL"
+            )
+            return StoreConnectionError(
+                f"cannot reach {self._where()} during {what}: {short}. Check {setting} and the "
+                "network; BENCHKIT_S3_RETRIES sets how often requests are retried"
+            )
+        if code == "NOT_FOUND" and self.driver in ("s3", "gcs"):
+            bucket = self.spec["bucket"]
+            make = (
+                f"aws s3 mb s3://{bucket}"
+                + (f" --endpoint-url {self.endpoint}" if self.spec.get("endpoint") else "")
+                if self.driver == "s3"
+                else f"gcloud storage buckets create gs://{bucket}"
+            )
+            return StoreError(
+                f"bucket '{bucket}' does not exist at {self.endpoint} ({what} in {self.url}): "
+                f"create it first ({make}) or fix the store URL"
+            )
+        return StoreError(f"{self._where()}: {what} failed: {short}")
+
+    def _wait(self, future: Any, key: str | None, op: str) -> Any:
+        try:
+            return future.result()
+        except ValueError as e:
+            raise self._error(e, key, op) from e
+
+    # --- low-level reads -----------------------------------------------------------------------
+
+    def _read(self, key: str, byte_range: slice | None = None, *, op: str = "read") -> Any:
+        kv = self._store()
+        fut = kv.read(key, byte_range=byte_range) if byte_range is not None else kv.read(key)
+        return self._wait(fut, key, op)
+
+    def _head(self, key: str) -> tuple[bytes | None, dict[str, Any] | None]:
+        """``(value, None)`` for a plain object read whole, ``(None, manifest)`` for a parted one,
+        or ``(None, None)`` for a plain object too large to have been read (not possible when
+        written by this class, kept for objects written by other tools)."""
+        check_key(key)
+        try:
+            res = self._read(key, slice(0, len(MAGIC)), op="read")
+        except StoreError as e:
+            if isinstance(e.__cause__, ValueError) and str(e.__cause__).startswith("OUT_OF_RANGE"):
+                res = self._read(key)  # shorter than the magic: tiny, read it whole
+                if res.state != "value":
+                    raise self.not_found(key) from None
+                return bytes(res.value), None
+            raise
+        if res.state != "value":
+            raise self.not_found(key)
+        if bytes(res.value) != MAGIC:
+            return None, None
+        return None, self._manifest(key)
+
+    def _manifest(self, key: str) -> dict[str, Any]:
+        res = self._read(key)
+        if res.state != "value":
+            raise self.not_found(key, "(it was deleted while being read)")
+        raw = bytes(res.value)
+        try:
+            man = json.loads(raw[len(MAGIC) :])
+            parts = [(str(k), int(n)) for k, n in man["parts"]]
+            size = int(man["size"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(
+                f"'{key}' in {self._where()} has a damaged part manifest ({e}); delete and re-upload it"
+            ) from e
+        if sum(n for _, n in parts) != size:
+            raise StoreError(
+                f"'{key}' in {self._where()}: part sizes do not add up to {size}; re-upload it"
+            )
+        return {"size": size, "parts": parts}
+
+    def _read_part(self, key: str, part: str, byte_range: slice | None = None) -> Any:
+        kv = self._store()
+        return kv.read(part, byte_range=byte_range) if byte_range is not None else kv.read(part)
+
+    def _part_value(self, key: str, part: str, fut: Any) -> bytes:
+        res = self._wait(fut, key, "read")
+        if res.state != "value":
+            raise self.not_found(
+                key,
+                f"(its part {part} is missing: the object was replaced or deleted while being read)",
+            )
+        return res.value
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _plain_size(self, key: str) -> int:
+        res = self._read(key)
+        if res.state != "value":
+            raise self.not_found(key)
+        return len(res.value)
+
+    def _old_upload(self, key: str) -> str | None:
+        """The parts folder of the object now at ``key``, if it is a parted one."""
+        try:
+            _, man = self._head(key)
+        except ObjectNotFound:
+            return None
+        except StoreError:
+            return None  # a damaged manifest is simply replaced
+        if man is None or not man["parts"]:
+            return None
+        return man["parts"][0][0].rsplit("/", 1)[0] + "/"
+
+    def _commit(
+        self, key: str, manifest_or_value: bytes, old_upload: str | None, keep: str | None = None
+    ) -> None:
+        kv = self._store()
+        self._wait(kv.write(key, manifest_or_value), key, "write")
+        if old_upload and old_upload != keep:
+            self._wait(kv.delete_range(_prefix_range(old_upload)), key, "delete old parts of")
+
+    def _write_parts(self, key: str, blocks: Iterable[bytes]) -> tuple[bytes, str]:
+        """Write ``blocks`` as parts of a new upload; returns the manifest and the upload folder."""
+        kv = self._store()
+        upload = f"{_parts_dir(key)}{uuid.uuid4().hex[:16]}/"
+        parts: list[list[Any]] = []
+        pending: deque[tuple[str, Any]] = deque()
+        total = 0
+        try:
+            for i, block in enumerate(blocks):
+                part = f"{upload}{i:06d}"
+                if len(pending) >= WRITE_AHEAD:
+                    pk, fut = pending.popleft()
+                    self._wait(fut, pk, "write part")
+                pending.append((part, kv.write(part, block)))
+                parts.append([part, len(block)])
+                total += len(block)
+                del block
+            while pending:
+                pk, fut = pending.popleft()
+                self._wait(fut, pk, "write part")
+        except BaseException:
+            # best effort: the parts are hidden anyway, and delete() sweeps leftovers
+            try:
+                kv.delete_range(_prefix_range(upload)).result()
+            except Exception:  # noqa: BLE001 - the original error matters more
+                log.debug("could not remove the parts of a failed upload %s", upload, exc_info=True)
+            raise
+        manifest = (
+            MAGIC + json.dumps({"size": total, "parts": parts}, separators=(",", ":")).encode()
+        )
+        return manifest, upload
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        check_key(key)
+        view = memoryview(data).cast("B")
+        old = self._old_upload(key)
+        if len(view) <= self.part_size and view[: len(MAGIC)].tobytes() != MAGIC:
+            self._commit(key, view.tobytes() if not isinstance(data, bytes) else data, old)
+            return
+        blocks = (
+            view[i : i + self.part_size].tobytes()
+            for i in range(0, max(len(view), 1), self.part_size)
+        )
+        manifest, upload = self._write_parts(key, blocks)
+        self._commit(key, manifest, old, keep=upload)
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        check_key(key)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError as e:
+            raise StoreError(f"cannot upload {path} to '{key}': the file does not exist") from e
+        except OSError as e:
+            raise StoreError(f"cannot upload {path} to '{key}' in {self.url}: {e}") from e
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            old = self._old_upload(key)
+            if size <= self.part_size:
+                data = f.read()
+                if not data.startswith(MAGIC):
+                    self._commit(key, data, old)
+                    return
+                f.seek(0)
+                del data
+
+            def blocks() -> Iterator[bytes]:
+                while True:
+                    block = f.read(self.part_size)
+                    if not block:
+                        return
+                    yield block
+
+            manifest, upload = self._write_parts(key, blocks())
+            self._commit(key, manifest, old, keep=upload)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        value, man = self._head(key)
+        if value is not None:
+            return value
+        if man is None:
+            res = self._read(key)
+            if res.state != "value":
+                raise self.not_found(key)
+            return bytes(res.value)
+        out = bytearray(man["size"])
+        pos = 0
+        futs = [(p, self._read_part(key, p)) for p, _ in man["parts"]]
+        for (part, fut), (_, n) in zip(futs, man["parts"], strict=True):
+            out[pos : pos + n] = self._part_value(key, part, fut)
+            pos += n
+        return bytes(out)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if start < 0 or end < start:
+            raise ValueError(f"invalid byte range [{start}, {end}) for '{key}'")
+        value, man = self._head(key)
+        if value is not None:
+            return value[start:end]
+        if man is None:
+            return self._plain_range(key, start, end)
+        end = min(end, man["size"])
+        if start >= end:
+            return b""
+        futs = []
+        offset = 0
+        for part, n in man["parts"]:
+            lo, hi = max(start, offset), min(end, offset + n)
+            if lo < hi:
+                futs.append((part, self._read_part(key, part, slice(lo - offset, hi - offset))))
+            offset += n
+        return b"".join(self._part_value(key, part, fut) for part, fut in futs)
+
+    def _plain_range(self, key: str, start: int, end: int) -> bytes:
+        if start == end:
+            return b""
+        for rng in (slice(start, end), slice(start, None)):
+            try:
+                res = self._read(key, rng)
+            except StoreError as e:
+                if isinstance(e.__cause__, ValueError) and str(e.__cause__).startswith(
+                    "OUT_OF_RANGE"
+                ):
+                    continue
+                raise
+            if res.state != "value":
+                raise self.not_found(key)
+            return bytes(res.value)
+        return b""  # start is past the end
+
+    def iter_blocks(self, key: str, block_size: int = DEFAULT_PART_SIZE) -> Iterator[bytes]:
+        if block_size < 1:
+            raise ValueError("block_size must be positive")
+        value, man = self._head(key)
+        if man is None:
+            if value is None:
+                value = self.get(key)
+            view = memoryview(value)
+            for i in range(0, len(view), block_size):
+                yield view[i : i + block_size].tobytes()
+            return
+        parts = man["parts"]
+        pending: deque[tuple[str, Any]] = deque()
+        nxt = 0
+        while nxt < len(parts) or pending:
+            while nxt < len(parts) and len(pending) <= READ_AHEAD:
+                pending.append((parts[nxt][0], self._read_part(key, parts[nxt][0])))
+                nxt += 1
+            part, fut = pending.popleft()
+            data = self._part_value(key, part, fut)
+            view = memoryview(data)
+            for i in range(0, len(view), block_size):
+                yield view[i : i + block_size].tobytes()
+            del view, data
+
+    def get_file(self, key: str, dest: str | os.PathLike[str]) -> Path:
+        dest = Path(dest)
+        blocks = iter(self.iter_blocks(key, self.part_size))
+        first = next(blocks, b"")  # fails before dest is touched if the key is missing
+        with atomic_file(dest) as out:
+            out.write(first)
+            del first
+            for block in blocks:
+                out.write(block)
+        return dest
+
+    # --- metadata ----------------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectInfo:
+        value, man = self._head(key)
+        if value is not None:
+            return ObjectInfo(key, len(value))
+        if man is not None:
+            return ObjectInfo(key, man["size"])
+        return ObjectInfo(key, self._plain_size(key))
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        return self._read(key, slice(0, 0), op="check").state == "value"
+
+    def list(self, prefix: str = "") -> list[str]:
+        check_prefix(prefix)
+        kv = self._store()
+        fut = kv.list(_prefix_range(prefix)) if prefix else kv.list()
+        keys = (k.decode() for k in self._wait(fut, prefix or None, "list"))
+        return sorted(k for k in keys if not is_hidden(k))
+
+    # --- deleting ----------------------------------------------------------------------------
+
+    def delete(self, key: str) -> bool:
+        check_key(key)
+        kv = self._store()
+        if not self.exists(key):
+            return False
+        # the key first, so the object disappears at once; then its parts, killed puts' too
+        self._wait(kv.write(key, None), key, "delete")
+        self._wait(kv.delete_range(_prefix_range(_parts_dir(key))), key, "delete parts of")
+        return True
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise InvalidKey("refusing to delete an empty prefix (the whole store)")
+        check_prefix(prefix)
+        n = len(self.list(prefix))
+        kv = self._store()
+        self._wait(kv.delete_range(_prefix_range(prefix)), prefix, "delete prefix")
+        # parts of objects directly in the prefix's folder whose name starts with its last part
+        head, _, base = prefix.rpartition("/")
+        if base:
+            self._wait(
+                kv.delete_range(_prefix_range(f"{head + '/' if head else ''}.{base}")),
+                prefix,
+                "delete prefix",
+            )
+        return n
