@@ -1,0 +1,136 @@
+"""Sample field types that are BenchKit's own: a file on the writing side, its bytes on the reading side.
+
+``bench.File(path)`` in a sample means "carry this file's bytes unchanged, with its name".
+While streaming, that field comes back as a :class:`ChunkFile`: a read-only binary file object
+over those bytes, which ``PIL.Image.open`` reads directly. For ``torchvision.io.decode_image``
+pass ``f.tensor()`` (a uint8 tensor of the bytes); for libraries that insist on a path,
+``f.path()`` writes the bytes once to a temporary file in the cache directory and returns it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ChunkFile", "File"]
+
+
+class File:
+    """A file whose bytes go into the dataset as they are, with its name.
+
+    ``name`` defaults to the file's base name; readers see it as :attr:`ChunkFile.name`
+    (libraries use its extension to pick a decoder).
+    """
+
+    __slots__ = ("name", "path")
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = name if name is not None else self.path.name
+
+    def size(self) -> int:
+        """The file's size in bytes (``os.stat``)."""
+        return os.stat(self.path).st_size
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+    def __repr__(self) -> str:
+        return f"File({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, File) and (self.path, self.name) == (other.path, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.name))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class ChunkFile(io.BytesIO):
+    """A read-only binary file object over a stored file's bytes (what a ``File`` field decodes to).
+
+    Works with ``PIL.Image.open(f)``, ``f.read()``, ``f.seek()``; ``f.tensor()`` gives the bytes
+    as a uint8 tensor, which is what ``torchvision.io.decode_image`` accepts;
+    ``f.path()`` gives a real file path for libraries that need one.
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview, name: str) -> None:
+        data = bytes(data)
+        super().__init__(data)  # BytesIO shares an immutable bytes object until written to
+        self._data = data
+        self.name = name
+        self._path: str | None = None
+        self._finalizer: Any = None
+
+    # read-only: refuse every way of changing the bytes
+    def writable(self) -> bool:
+        return False
+
+    def write(self, b: Any) -> int:
+        raise io.UnsupportedOperation(f"{self.name}: a stored file is read-only")
+
+    def writelines(self, lines: Any) -> None:
+        raise io.UnsupportedOperation(f"{self.name}: a stored file is read-only")
+
+    def truncate(self, size: int | None = None) -> int:
+        raise io.UnsupportedOperation(f"{self.name}: a stored file is read-only")
+
+    @property
+    def size(self) -> int:
+        """Number of bytes."""
+        return len(self._data)
+
+    def bytes(self) -> bytes:
+        """The file's bytes."""
+        return self._data
+
+    def tensor(self) -> Any:
+        """The bytes as a 1-d ``torch.uint8`` tensor (input for ``torchvision.io.decode_image``)."""
+        import torch
+
+        if not self._data:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.frombuffer(bytearray(self._data), dtype=torch.uint8)
+
+    as_tensor = tensor
+
+    def path(self) -> str:
+        """A real file holding these bytes, written on first call and removed with this object.
+
+        The file lives in BenchKit's cache directory and keeps the original name's extension.
+        """
+        if self._path is None:
+            from benchkit.settings import get_paths
+
+            directory = get_paths().cache / "files"
+            directory.mkdir(parents=True, exist_ok=True)
+            stem, suffix = os.path.splitext(os.path.basename(self.name))
+            fd, path = tempfile.mkstemp(prefix=f"{stem[:40]}-", suffix=suffix, dir=directory)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._data)
+            self._path = path
+            self._finalizer = weakref.finalize(self, _unlink, path)
+        return self._path
+
+    # DataLoader workers send samples to the main process: send the bytes and the name only
+    def __reduce__(self) -> Any:
+        return (_rebuild_chunk_file, (self._data, self.name, self.tell()))
+
+    def __repr__(self) -> str:
+        return f"ChunkFile({self.name!r}, {len(self._data)} bytes)"
+
+
+def _rebuild_chunk_file(data: bytes, name: str, pos: int) -> ChunkFile:
+    f = ChunkFile(data, name)
+    f.seek(pos)
+    return f
