@@ -1,0 +1,194 @@
+"""The epoch plan: which sample each rank and DataLoader worker reads, in which order. Pure index math.
+
+One epoch has a **global order** ``G``: a sequence of all ``N`` sample positions that depends only
+on the chunk sizes, the seed, the epoch, ``shuffle`` and the shuffle window, never on the number
+of ranks or workers. With shuffling, the chunks are permuted, cut into windows of
+``window`` consecutive chunks, and the samples of each window are permuted together; without,
+``G`` is the stored order.
+
+Ranks take interleaved positions of ``G`` (rank ``r`` of ``R`` takes ``start + r``,
+``start + r + R``, ...), so after every rank has consumed ``j`` samples the consumed samples are
+exactly the prefix ``G[:start + j*R]``: the resume state is one number (``consumed``), and a run
+resumed with another world size re-splits the rest of ``G`` with nothing lost or repeated.
+Within a rank, DataLoader workers take blocks of ``block`` consecutive rank-local samples in
+turn (worker ``w`` of ``K`` takes blocks ``w``, ``w + K``, ...). With ``block`` equal to the
+batch size this is exactly the order in which a ``DataLoader`` hands out its workers' batches,
+so the batches the training loop sees are the rank's order, batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "GlobalOrder",
+    "Shard",
+    "samples_per_rank",
+]
+
+#: Chunks whose samples are mixed together when shuffling (see docs/DATA.md for the memory cost).
+DEFAULT_WINDOW = 4
+_MASK64 = (1 << 64) - 1
+#: Rank-local positions computed per numpy step when walking a worker's share.
+_SEGMENT = 1 << 16
+
+
+def _rng(seed: int, *words: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & _MASK64, *words])))
+
+
+class GlobalOrder:
+    """``G`` for one epoch: maps global positions to ``(chunk, sample within chunk)``.
+
+    Window permutations are computed on demand and the last two are kept, so walking the
+    positions in increasing order costs O(window samples) memory, whatever the dataset's size.
+    """
+
+    def __init__(
+        self,
+        chunk_sizes: Sequence[int],
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = False,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"shuffle window must be at least 1 chunk, got {window}")
+        self.sizes = np.asarray(chunk_sizes, dtype=np.int64)
+        self.num_chunks = len(self.sizes)
+        self.total = int(self.sizes.sum())
+        self.seed, self.epoch, self.shuffle, self.window = int(seed), int(epoch), bool(shuffle), int(window)
+        if self.shuffle:
+            self.chunk_order = _rng(self.seed, self.epoch, 0).permutation(self.num_chunks)
+        else:
+            self.chunk_order = np.arange(self.num_chunks)
+            # one window holding everything, never permuted
+            self.window = max(1, self.num_chunks)
+        ordered = self.sizes[self.chunk_order]
+        #: global position where each chunk (in plan order) starts
+        self._chunk_starts = np.concatenate([[0], np.cumsum(ordered)])
+        n_windows = max(1, -(-self.num_chunks // self.window))
+        bounds = np.minimum(np.arange(n_windows + 1) * self.window, self.num_chunks)
+        #: global position where each window starts (last entry: total)
+        self.window_starts = self._chunk_starts[bounds]
+        self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.window_starts) - 1
+
+    def window_chunks(self, w: int) -> np.ndarray:
+        """The chunk ids of window ``w``, in plan order."""
+        return self.chunk_order[w * self.window : (w + 1) * self.window]
+
+    def window_of(self, positions: np.ndarray | int) -> np.ndarray | int:
+        """The window holding each global position."""
+        return np.searchsorted(self.window_starts, positions, side="right") - 1
+
+    def _perm(self, w: int) -> np.ndarray:
+        p = self._perms.get(w)
+        if p is None:
+            n = int(self.window_starts[w + 1] - self.window_starts[w])
+            p = _rng(self.seed, self.epoch, w + 1).permutation(n)
+            if len(self._perms) >= 2:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[w] = p
+        return p
+
+    def lookup(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(chunk ids, sample indices within the chunk)`` of global positions ``0 <= p < total``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.shuffle:
+            slots = np.empty_like(positions)
+            wins = self.window_of(positions)
+            for w in np.unique(wins):
+                sel = wins == w
+                base = self.window_starts[w]
+                slots[sel] = base + self._perm(int(w))[positions[sel] - base]
+        else:
+            slots = positions
+        k = np.searchsorted(self._chunk_starts, slots, side="right") - 1
+        return self.chunk_order[k], slots - self._chunk_starts[k]
+
+    def first_use(self, start: int = 0) -> list[int]:
+        """Chunk ids in the order ``G[start:]`` first touches them (what to fetch first)."""
+        if self.total == 0 or start >= self.total:
+            return []
+        first_w = int(self.window_of(start))
+        out: list[int] = []
+        for w in range(first_w, self.num_windows):
+            chunks = self.window_chunks(w)
+            if not self.shuffle or len(chunks) == 1:
+                out.extend(int(c) for c in chunks)
+                continue
+            lo = max(start, int(self.window_starts[w]))
+            hi = int(self.window_starts[w + 1])
+            # the first sample of each chunk in this window's order decides its rank
+            cids, _ = self.lookup(np.arange(lo, hi))
+            _, first = np.unique(cids, return_index=True)
+            out.extend(int(cids[i]) for i in np.sort(first))
+        return out
+
+
+def samples_per_rank(total: int, start: int, world_size: int, drop_last: bool) -> int:
+    """How many samples each rank yields for the positions ``[start, total)`` of ``G``.
+
+    Every rank yields the same number: the remainder is dropped (``drop_last``) or padded by
+    repeating the first samples of ``G``.
+    """
+    remaining = max(0, total - start)
+    if remaining == 0:
+        return 0
+    return remaining // world_size if drop_last else -(-remaining // world_size)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One consumer of an epoch: a rank, and a DataLoader worker within it."""
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+    #: rank-local samples per worker turn (the DataLoader batch size; 1 without one)
+    block: int = 1
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        if not 0 <= self.worker < self.num_workers:
+            raise ValueError(f"worker {self.worker} is outside {self.num_workers} workers")
+        if self.block < 1:
+            raise ValueError(f"block must be at least 1, got {self.block}")
+
+    def rank_count(self, total: int, start: int = 0) -> int:
+        return samples_per_rank(total, start, self.world_size, self.drop_last)
+
+    def worker_local_indices(self, total: int, start: int = 0) -> Iterator[np.ndarray]:
+        """This worker's rank-local indices (0-based from ``start``), in order, as numpy segments."""
+        n = self.rank_count(total, start)
+        b, k = self.block, self.num_workers
+        period = b * k
+        seg = max(period, (_SEGMENT // period) * period)
+        for lo in range(self.worker * b, n, seg):
+            hi = min(n, lo + seg)
+            # blocks of this worker in [lo, hi): offsets of every period, each b long
+            starts = np.arange(lo, hi, period, dtype=np.int64)
+            idx = (starts[:, None] + np.arange(b, dtype=np.int64)[None, :]).reshape(-1)
+            yield idx[idx < hi] if len(idx) and idx[-1] >= hi else idx
+
+    def global_positions(self, local: np.ndarray, total: int, start: int = 0) -> np.ndarray:
+        """Global positions of rank-local indices; positions past the end wrap (padding)."""
+        p = start + self.rank + local * self.world_size
+        return p % total if total else p
+
+    def positions(self, total: int, start: int = 0) -> Iterator[np.ndarray]:
+        """This worker's global positions of ``G``, in the order it yields them."""
+        for local in self.worker_local_indices(total, start):
+            yield self.global_positions(local, total, start)
