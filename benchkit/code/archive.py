@@ -129,10 +129,10 @@ def _check_member(m: tarfile.TarInfo, archive: str) -> str:
 def check_members(tar: tarfile.TarFile, archive: str, expected: Mapping[str, int]) -> list[tarfile.TarInfo]:
     """Validate every member against safety rules and the expected files (name -> size)."""
     members = tar.getmembers()
+    names = [_check_member(m, archive) for m in members]  # every member is safe, first
     seen: set[str] = set()
     files: list[tarfile.TarInfo] = []
-    for m in members:
-        norm = _check_member(m, archive)
+    for m, norm in zip(members, names):
         if m.isdir():
             continue
         if norm in seen:
