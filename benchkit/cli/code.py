@@ -44,7 +44,13 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
         "stored as code/<version>/ in the store. Unchanged code stores nothing new.",
     )
     p.add_argument("file", nargs="?", help="the training module (default: train.py or TrainScript.py)")
-    p.add_argument("--version", type=_version_number, help="version number (default: the next free one)")
+    p.add_argument(
+        "--version",
+        dest="code_version",  # `benchkit --version` owns args.version
+        type=_version_number,
+        metavar="N",
+        help="version number (default: the next free one)",
+    )
     p.add_argument("-m", "--message", default="", help="a note stored with the version")
     p.add_argument("--force", action="store_true", help="replace an existing version, or store identical code again")
     p.add_argument("--max-size", default="50MB", metavar="SIZE", help="refuse packages bigger than this (default 50MB)")
@@ -59,7 +65,7 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_pull_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("version", type=_version_number)
+    p.add_argument("code_version", metavar="N", type=_version_number, help="the version to pull")
     p.add_argument("--dest", metavar="DIR", help="directory to extract into (default: ./code-v<N>)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     add_store_flag(p)
@@ -67,7 +73,9 @@ def _add_pull_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_delete_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    p.add_argument("version", type=_version_number, nargs="?" if optional else None)
+    p.add_argument(
+        "code_version", metavar="N", type=_version_number, nargs="?" if optional else None, help="the version to delete"
+    )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_store_flag(p)
     p.set_defaults(func=cmd_delete)
@@ -106,7 +114,7 @@ def cmd_migrate_code(args: argparse.Namespace) -> int:
         result = migrate_code(
             module,
             store,
-            version=args.version,
+            version=args.code_version,
             message=args.message,
             force=args.force,
             max_size=limit,
@@ -165,10 +173,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from benchkit.code.package import checkout
 
     store, _ = _store(args)
-    dest = Path(args.dest or f"code-v{args.version}").expanduser().resolve()
-    manifest = checkout(store, args.version, dest, force=args.force)
+    version = args.code_version
+    dest = Path(args.dest or f"code-v{version}").expanduser().resolve()
+    manifest = checkout(store, version, dest, force=args.force)
     console.print(
-        f"[green]pulled code version {args.version}[/green] ({len(manifest.files)} files, checksums "
+        f"[green]pulled code version {version}[/green] ({len(manifest.files)} files, checksums "
         f"verified) into {dest}; entry point {manifest.entry_point}",
         highlight=False,
     )
@@ -181,7 +190,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from benchkit.code.package import delete_version, get_manifest, list_versions
 
     store, _ = _store(args)
-    version = args.version
+    version = args.code_version
     if version is None:  # the original's del-vs asked which one
         cmd_list(argparse.Namespace(json=False, store=args.store))
         if not list_versions(store):
