@@ -1,0 +1,287 @@
+"""Datasets: ``migrate data`` and ``datasets list|info|delete``.
+
+The original's ``--zip``, ``--tdl`` and ``--up`` are aliases of ``--chunk``, ``--test`` and
+``--upload``; its ``show-ds`` and ``del-ds`` are aliases of ``datasets list`` and
+``datasets delete``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchkit.cli.common import add_store_flag, confirm, console, human_bytes, print_json, print_table
+from benchkit.errors import BenchKitError, DataError, DatasetNotFound
+from benchkit.settings import load_settings
+from benchkit.store import Store, open_store
+
+DEFAULT_FILES = ("train.py", "Datasets/ProjectDatasets.py")
+
+
+def _store(args: argparse.Namespace, project_dir: str | os.PathLike[str] | None = None) -> Store:
+    settings = load_settings({"store": getattr(args, "store", None)}, project_dir=project_dir)
+    return open_store(settings.store)
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def register_migrate(msub: argparse._SubParsersAction) -> None:
+    """``migrate data``."""
+    p = msub.add_parser(
+        "data",
+        help="chunk, test and upload the datasets a module declares",
+        description="Chunk the datasets FILE declares (default: train.py here, or "
+        "Datasets/ProjectDatasets.py) into <project>/.benchkit/staging, stream them back to "
+        "test them, and upload them to the store. With no step flag all three run; NAME limits "
+        "it to some datasets.",
+    )
+    p.add_argument("targets", nargs="*", metavar="[FILE] [NAME ...]",
+                   help="the module declaring the datasets (a .py file), then dataset names")
+    p.add_argument("--chunk", "--zip", dest="chunk", action="store_true", help="chunk into the staging area")
+    p.add_argument("--test", "--tdl", dest="test", action="store_true",
+                   help="stream the staged chunks back through the transform with 2 DataLoader workers")
+    p.add_argument("--upload", "--up", dest="upload", action="store_true", help="upload staged chunks to the store")
+    p.add_argument("--workers", type=int, metavar="N", help="chunking processes (default: all cores)")
+    p.add_argument("-y", "--yes", action="store_true", help="replace changed datasets in the store without asking")
+    add_store_flag(p)
+    p.set_defaults(func=cmd_migrate_data)
+
+
+def _add_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_store_flag(p)
+    p.set_defaults(func=cmd_list)
+
+
+def _add_delete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="dataset name")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add_store_flag(p)
+    p.set_defaults(func=cmd_delete)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """``datasets list|info|delete`` and the original's ``show-ds`` and ``del-ds``."""
+    p = sub.add_parser("datasets", help="list, inspect and delete datasets in the store")
+    dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
+    _add_list(p)
+    _add_list(dsub.add_parser("list", help="table of the datasets in the store (default)"))
+    info = dsub.add_parser("info", help="schema and chunk sizes of one dataset")
+    info.add_argument("name", help="dataset name")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    add_store_flag(info)
+    info.set_defaults(func=cmd_info)
+    _add_delete(dsub.add_parser("delete", help="delete a dataset from the store"))
+    _add_list(sub.add_parser("show-ds", help="the original's name for `datasets list`"))
+    _add_delete(sub.add_parser("del-ds", help="the original's name for `datasets delete`"))
+
+
+# --- migrate data ----------------------------------------------------------------------------
+
+
+def _split_targets(targets: list[str]) -> tuple[Path, list[str]]:
+    if targets and (targets[0].endswith(".py") or os.path.isfile(targets[0])):
+        return Path(targets[0]).expanduser(), targets[1:]
+    for candidate in DEFAULT_FILES:
+        if Path(candidate).is_file():
+            return Path(candidate), targets
+    raise BenchKitError(
+        f"no dataset module given and none of {', '.join(DEFAULT_FILES)} in {os.getcwd()}; "
+        "run `python -m benchkit migrate data path/to/train.py`"
+    )
+
+
+def cmd_migrate_data(args: argparse.Namespace) -> int:
+    from benchkit.data.declare import datasets_in_module, project_root_for
+    from benchkit.data.migrate import check_dataset, chunk, staging_store, upload_dataset
+    from benchkit.registry import import_user_module
+
+    module_file, names = _split_targets(list(args.targets))
+    module = import_user_module(module_file)
+    found = datasets_in_module(module)
+    if not found:
+        raise DataError(
+            f"{module_file} declares no datasets: decorate a generator with @bench.dataset(\"name\") "
+            "or return (ProcessorDataset, IterableChunk, name, args, kwargs) tuples from main()"
+        )
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise DatasetNotFound(
+            f"{module_file} declares no dataset named {', '.join(map(repr, unknown))}; "
+            f"it declares: {', '.join(found)}"
+        )
+    selected = [found[n] for n in (names or list(found))]
+    steps_given = args.chunk or args.test or args.upload
+    do_chunk, do_test, do_upload = (args.chunk, args.test, args.upload) if steps_given else (True, True, True)
+    project_root = project_root_for(module_file)
+    store = _store(args, project_root) if do_upload else None
+    staging = staging_store(project_root)
+    interactive = console.is_terminal
+    for decl in selected:
+        if do_chunk:
+            stats = chunk(decl, workers=args.workers, progress=interactive, project_root=project_root)
+            idx = stats.index
+            console.print(
+                f"[green]chunked[/green] '{decl.name}': {idx.num_samples} samples in "
+                f"{len(idx.chunks)} chunks, {human_bytes(idx.total_bytes)} "
+                f"({stats.samples_per_s:,.0f} samples/s, {stats.mb_per_s:,.1f} MB/s, "
+                f"{stats.workers} workers) in {staging.url}",
+                highlight=False,
+            )
+        if do_test:
+            report = check_dataset(decl, project_root=project_root)
+            streamed = "" if report.streamed is None else f", streamed {report.streamed} through 2 DataLoader workers"
+            console.print(
+                f"[green]tested[/green] '{decl.name}': {report.samples} samples in {report.chunks} chunks "
+                f"(checksums and schema OK{streamed}{', transform OK' if report.transform else ''}; "
+                f"{report.samples_per_s:,.0f} samples/s)",
+                highlight=False,
+            )
+            for note in report.notes:
+                console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        if do_upload:
+            assert store is not None
+            if not _confirm_replace(decl.name, staging, store, args.yes):
+                console.print(f"[yellow]skipped[/yellow] uploading '{decl.name}'", highlight=False)
+                continue
+            up = upload_dataset(decl.name, staging, store, progress=interactive)
+            if up.uploaded == 0 and not up.index_written:
+                what = "unchanged, nothing uploaded"
+            else:
+                what = f"{up.uploaded} chunks ({human_bytes(up.bytes_uploaded)}) uploaded"
+            console.print(
+                f"[green]uploaded[/green] '{decl.name}' to {store.url}: {what}, "
+                f"{up.skipped} already there" + (f", {up.removed} stale removed" if up.removed else ""),
+                highlight=False,
+            )
+    return 0
+
+
+def _confirm_replace(name: str, staging: Store, store: Store, yes: bool) -> bool:
+    """Ask before replacing a dataset in the store with different content."""
+    from benchkit.data.index import load_index
+
+    try:
+        remote = load_index(store, name)
+    except DataError:
+        return True
+    local = load_index(staging, name)
+    if [c.sha256 for c in remote.chunks] == [c.sha256 for c in local.chunks]:
+        return True
+    return confirm(
+        f"dataset '{name}' in store {store.url} differs ({remote.num_samples} samples, created "
+        f"{remote.created}; new: {local.num_samples} samples). Replace it?",
+        yes,
+    )
+
+
+# --- datasets list / info / delete -----------------------------------------------------------
+
+
+def _dataset_names(store: Store) -> list[str]:
+    return store.list_dirs("datasets/")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchkit.data.index import load_index
+
+    store = _store(args)
+    rows: list[dict[str, Any]] = []
+    for name in _dataset_names(store):
+        try:
+            idx = load_index(store, name)
+        except DataError:
+            rows.append({"name": name, "samples": None, "chunks": None, "bytes": None,
+                         "created": None, "complete": False})
+            continue
+        rows.append({"name": name, "samples": idx.num_samples, "chunks": len(idx.chunks),
+                     "bytes": idx.total_bytes, "created": idx.created, "complete": True})
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        f"Datasets in {store.url}",
+        ["name", "samples", "chunks", "size", "created"],
+        [
+            (r["name"], r["samples"], r["chunks"], human_bytes(r["bytes"]), r["created"])
+            if r["complete"]
+            else (r["name"], "-", "-", "-", "incomplete (no index.json)")
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _schema_lines(schema: dict[str, Any], label: str = "sample", depth: int = 0) -> list[str]:
+    kind = schema.get("kind", "?")
+    detail = ""
+    if "dtype" in schema:
+        detail = f" {schema['dtype']}" + (f", {schema['ndim']}-d" if "ndim" in schema else "")
+    lines = [f"{'  ' * depth}{label}: {kind}{detail}"]
+    if kind == "tuple":
+        for k, item in enumerate(schema.get("items", [])):
+            lines += _schema_lines(item, f"[{k}]", depth + 1)
+    elif kind == "dict":
+        for k, item in schema.get("fields", {}).items():
+            lines += _schema_lines(item, repr(k), depth + 1)
+    elif kind == "list" and "item" in schema:
+        lines += _schema_lines(schema["item"], "items", depth + 1)
+    return lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from benchkit.data.index import load_index
+
+    store = _store(args)
+    idx = load_index(store, args.name)
+    if args.json:
+        print_json({**idx.to_dict(), "store": store.url, "total_bytes": idx.total_bytes})
+        return 0
+    sizes = [c.bytes for c in idx.chunks]
+    console.print(f"[bold]dataset '{idx.name}'[/bold] in {store.url}", highlight=False)
+    console.print(
+        f"{idx.num_samples} samples in {len(idx.chunks)} chunks, {human_bytes(idx.total_bytes)}; "
+        f"target chunk size {human_bytes(idx.chunk_bytes)}; format version {idx.format_version}; "
+        f"created {idx.created}",
+        highlight=False,
+    )
+    if sizes:
+        console.print(
+            f"chunk sizes: min {human_bytes(min(sizes))}, median {human_bytes(statistics.median(sizes))}, "
+            f"max {human_bytes(max(sizes))}",
+            highlight=False,
+        )
+    console.print("schema:", highlight=False)
+    for line in _schema_lines(idx.schema):
+        console.print("  " + line, highlight=False, markup=False)
+    print_table(
+        "Chunks",
+        ["file", "samples", "size", "sha256"],
+        [(c.file, c.samples, human_bytes(c.bytes), c.sha256[:16]) for c in idx.chunks],
+    )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from benchkit.data.index import INDEX_FILE, dataset_prefix
+
+    store = _store(args)
+    prefix = dataset_prefix(args.name)
+    keys = store.list(prefix)
+    if not keys:
+        raise DatasetNotFound(
+            f"dataset '{args.name}' is not in store {store.url}; `python -m benchkit datasets list` shows what is"
+        )
+    if not confirm(f"delete dataset '{args.name}' ({len(keys)} objects) from store {store.url}?", args.yes):
+        console.print("nothing deleted")
+        return 1
+    # the index first: from then on readers see no dataset, never a half-deleted one
+    store.delete(prefix + INDEX_FILE)
+    store.delete_prefix(prefix)
+    console.print(f"[green]deleted[/green] dataset '{args.name}' ({len(keys)} objects) from {store.url}",
+                  highlight=False)
+    return 0
