@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "benchkit.cli.project",
     "benchkit.cli.migrate",
     "benchkit.cli.code",
+    "benchkit.cli.data",
 ]
 
 LOGO = r"""[bold cyan]
