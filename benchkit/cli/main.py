@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="BenchKit: chunked streaming datasets, Accelerate training wiring, "
         "checkpoints and versioned code for PyTorch projects.",
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    # dest differs from "version" so that subcommand options such as `run --version N` do not
+    # overwrite it in the shared namespace
+    parser.add_argument("--version", dest="show_version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.version:
+    if args.show_version:
         if sys.stdout.isatty():
             console.print(LOGO)
         console.print(f"benchkit {__version__}", highlight=False)
