@@ -164,6 +164,7 @@ def chunk_samples(
         if not _pid_alive(stale.name.rsplit(".", 2)[-2]):
             _remove(stale)
     work = Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir=tmp_parent))
+    os.chmod(work, 0o755)  # mkdtemp makes it private; the published dataset is a plain directory
     workers = max(1, workers or os.cpu_count() or 1)
     started = time.monotonic()
     bar = _Progress(name, total, progress)
