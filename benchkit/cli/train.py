@@ -1,0 +1,360 @@
+"""Training commands: ``run``, ``runs list|show|delete``, ``checkpoints list|get|delete`` and
+the original's ``show-check``, ``get-check``, ``del-check``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchkit.cli.common import (
+    add_store_flag,
+    confirm,
+    console,
+    err_console,
+    human_bytes,
+    print_json,
+    print_table,
+)
+from benchkit.errors import CheckpointError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a module's @bench.train function (one process or several through torchrun)",
+        description="Run the @bench.train function of FILE. Datasets it declares that the store "
+        "lacks are migrated first.",
+    )
+    p.add_argument("file", nargs="?", help="the training module, e.g. train.py")
+    p.add_argument(
+        "--fn", metavar="NAME", help="which @bench.train function, when there are several"
+    )
+    p.add_argument(
+        "--processes",
+        "-n",
+        metavar="N",
+        default="1",
+        help="processes to start through torchrun: a number or 'auto' (one per GPU)",
+    )
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument(
+        "--mixed-precision", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision"
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config value (typed by its default); repeatable",
+    )
+    p.add_argument("--name", help="the run's name (default: the function's)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN_ID",
+        help="continue a run from its latest checkpoint (default: the latest run of this name)",
+    )
+    p.add_argument(
+        "--version", type=int, metavar="N", help="run stored code version N instead of FILE"
+    )
+    p.add_argument(
+        "--log-with",
+        action="append",
+        metavar="TRACKER",
+        help="also log to this Accelerate tracker (e.g. tensorboard); repeatable",
+    )
+    add_store_flag(p)
+    p.set_defaults(func=cmd_run)
+
+    # runs
+    p = sub.add_parser("runs", help="list, show and delete training runs")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_store_flag(p)
+    p.set_defaults(func=cmd_runs_list)
+    s = rsub.add_parser("list", help="runs: id, name, status, start, duration, last metrics")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    add_store_flag(s)
+    s.set_defaults(func=cmd_runs_list)
+    s = rsub.add_parser("show", help="a run's config, status, last values and a chart per metric")
+    s.add_argument("run", help="run id, unique id prefix, row number or run name (its latest run)")
+    s.add_argument("--json", action="store_true", help="print JSON with every logged point")
+    add_store_flag(s)
+    s.set_defaults(func=cmd_runs_show)
+    s = rsub.add_parser("delete", help="delete a run, its metrics and its checkpoints")
+    s.add_argument("run")
+    s.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    add_store_flag(s)
+    s.set_defaults(func=cmd_runs_delete)
+
+    # checkpoints
+    p = sub.add_parser("checkpoints", help="list, download and delete checkpoints")
+    csub = p.add_subparsers(dest="checkpoints_command", metavar="ACTION")
+    _list_flags(p)
+    p.set_defaults(func=cmd_ckpt_list)
+    s = csub.add_parser("list", help="stored checkpoints (table; --json)")
+    _list_flags(s)
+    s.set_defaults(func=cmd_ckpt_list)
+    s = csub.add_parser("get", help="download and unpack a checkpoint")
+    _get_flags(s)
+    s.set_defaults(func=cmd_ckpt_get)
+    s = csub.add_parser("delete", help="delete a checkpoint")
+    _delete_flags(s)
+    s.set_defaults(func=cmd_ckpt_delete)
+
+    # the original's names
+    s = sub.add_parser("show-check", help="alias of `checkpoints list`")
+    _list_flags(s)
+    s.set_defaults(func=cmd_ckpt_list)
+    s = sub.add_parser("get-check", help="alias of `checkpoints get` (asks for a row when no NAME)")
+    _get_flags(s, optional=True)
+    s.set_defaults(func=cmd_ckpt_get)
+    s = sub.add_parser(
+        "del-check", help="alias of `checkpoints delete` (asks for a row when no NAME)"
+    )
+    _delete_flags(s, optional=True)
+    s.set_defaults(func=cmd_ckpt_delete)
+
+
+def _list_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", metavar="RUN", help="only this run's checkpoints")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_store_flag(p)
+
+
+def _get_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument(
+        "name",
+        nargs="?" if optional else None,
+        metavar="NAME",
+        help="RUN_ID/NAME, a name unique in the store, or a row number of `checkpoints list`",
+    )
+    p.add_argument("--run", metavar="RUN", help="look the name up in this run")
+    p.add_argument(
+        "--dest", metavar="DIR", help="where to unpack (default: ./checkpoints/RUN_ID/NAME)"
+    )
+    add_store_flag(p)
+
+
+def _delete_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument(
+        "name",
+        nargs="?" if optional else None,
+        metavar="NAME",
+        help="RUN_ID/NAME, a name unique in the store, or a row number of `checkpoints list`",
+    )
+    p.add_argument("--run", metavar="RUN", help="look the name up in this run")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    add_store_flag(p)
+
+
+def _store(args: Any):
+    from benchkit.settings import load_settings
+    from benchkit.store import open_store
+
+    return open_store(load_settings({"store": getattr(args, "store", None)}).store)
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: Any) -> int:
+    from benchkit.train.runner import run_command
+
+    return run_command(args)
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow"}
+
+
+def cmd_runs_list(args: Any) -> int:
+    from benchkit.train import runs
+
+    store = _store(args)
+    records = runs.list_records(store)
+    rows, out = [], []
+    for i, rec in enumerate(records, 1):
+        last = runs.last_values(runs.read_events(store, rec.id))
+        out.append({**rec.to_json(), "duration": rec.duration(), "last": last})
+        style = STATUS_STYLE.get(rec.status, "")
+        rows.append([
+            i, rec.id, rec.name, f"[{style}]{rec.status}[/{style}]" if style else rec.status,
+            rec.started.replace("T", " ").split("+")[0], _duration(rec.duration()),
+            " ".join(f"{k}={_fmt(v)}" for k, v in list(last.items())[:4]),
+        ])  # fmt: skip
+    if getattr(args, "json", False):
+        print_json(out)
+        return 0
+    print_table(
+        "Runs", ["#", "id", "name", "status", "started (UTC)", "duration", "last metrics"], rows
+    )
+    return 0
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """A one-line chart: ``values`` averaged into at most ``width`` buckets."""
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and v == v]
+    if not nums:
+        return ""
+    if len(nums) > width:
+        step = len(nums) / width
+        nums = [
+            sum(chunk) / len(chunk)
+            for chunk in (
+                nums[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)]
+                for i in range(width)
+            )
+        ]
+    lo, hi = min(nums), max(nums)
+    if hi == lo:
+        return SPARK[3] * len(nums)
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / (hi - lo) * len(SPARK)))] for v in nums)
+
+
+def cmd_runs_show(args: Any) -> int:
+    from rich.table import Table
+
+    from benchkit.train import runs
+
+    store = _store(args)
+    rec = runs.load_record(store, runs.resolve_run(store, args.run))
+    events = runs.read_events(store, rec.id)
+    series = runs.metric_series(events)
+    if args.json:
+        print_json({**rec.to_json(), "duration": rec.duration(),
+                    "metrics": {k: [{"step": s, "value": v} for s, v in pts] for k, pts in series.items()},
+                    "messages": [e for e in events if "message" in e]})  # fmt: skip
+        return 0
+    style = STATUS_STYLE.get(rec.status, "")
+    console.print(f"[bold]{rec.id}[/bold]  name [bold]{rec.name}[/bold]  status [{style}]{rec.status}[/{style}]  "
+                  f"started {rec.started}  duration {_duration(rec.duration())}  processes {rec.world_size}")  # fmt: skip
+    if rec.resumed:
+        console.print(f"resumed at {', '.join(rec.resumed)}")
+    cfg = Table(title="config", header_style="bold")
+    cfg.add_column("key")
+    cfg.add_column("value")
+    for k, v in sorted(rec.config.items()):
+        cfg.add_row(k, _fmt(v))
+    console.print(cfg)
+    if series:
+        t = Table(title="metrics", header_style="bold")
+        for col in ("metric", "last", "min", "max", "points", f"over steps {''}"):
+            t.add_column(col)
+        for k, pts in series.items():
+            vals = [v for _, v in pts if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            t.add_row(k, _fmt(pts[-1][1]), _fmt(min(vals)) if vals else "", _fmt(max(vals)) if vals else "",
+                      str(len(pts)), f"[cyan]{sparkline(vals)}[/cyan]")  # fmt: skip
+        console.print(t)
+    else:
+        console.print("[dim]no metrics logged[/dim]")
+    if rec.checkpoints:
+        console.print("checkpoints: " + ", ".join(c["name"] for c in rec.checkpoints))
+    messages = [e for e in events if "message" in e]
+    for e in messages[-10:]:
+        console.print(f"[dim]message:[/dim] {e['message']}", highlight=False)
+    if rec.traceback:
+        console.print("[red]traceback:[/red]")
+        console.print(rec.traceback, highlight=False, markup=False)
+    return 0
+
+
+def cmd_runs_delete(args: Any) -> int:
+    from benchkit.train import runs
+
+    store = _store(args)
+    run_id = runs.resolve_run(store, args.run)
+    if not confirm(
+        f"delete run {run_id}, its metrics and its checkpoints from {store.url}?", args.yes
+    ):
+        return 1
+    n = runs.delete_run(store, run_id)
+    console.print(f"deleted run {run_id} ({n} objects)")
+    return 0
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def _resolve_run_flag(store: Any, ref: str | None) -> str | None:
+    if not ref:
+        return None
+    from benchkit.train import runs
+
+    return runs.resolve_run(store, ref)
+
+
+def cmd_ckpt_list(args: Any) -> int:
+    from benchkit.train import checkpoints as ckpt
+
+    store = _store(args)
+    found = ckpt.list_checkpoints(store, _resolve_run_flag(store, args.run))
+    if args.json:
+        print_json([{**c.__dict__, "ref": c.ref} for c in found])
+        return 0
+    rows = [[i, c.run_id, c.name, "" if c.epoch is None else c.epoch + 1, c.step, human_bytes(c.size),
+             (c.time or "").replace("T", " ").split("+")[0]] for i, c in enumerate(found, 1)]  # fmt: skip
+    print_table("Checkpoints", ["#", "run", "name", "epoch", "step", "size", "saved (UTC)"], rows)
+    return 0
+
+
+def _pick(args: Any, store: Any, verb: str):
+    from benchkit.train import checkpoints as ckpt
+
+    run_id = _resolve_run_flag(store, args.run)
+    ref = args.name
+    if not ref:
+        if not sys.stdin.isatty():
+            raise CheckpointError(
+                f"which checkpoint to {verb}? give NAME or a row number of `checkpoints list`"
+            )
+        cmd_ckpt_list(
+            argparse.Namespace(run=args.run, json=False, store=getattr(args, "store", None))
+        )
+        ref = console.input(f"row number of the checkpoint to {verb}: ").strip()
+    return ckpt.resolve_checkpoint(store, ref, run_id)
+
+
+def cmd_ckpt_get(args: Any) -> int:
+    from benchkit.train import checkpoints as ckpt
+
+    store = _store(args)
+    info = _pick(args, store, "get")
+    dest = Path(args.dest) if args.dest else Path("checkpoints") / info.run_id / info.name
+    ckpt.fetch_checkpoint(store, info.run_id, info.name, dest)
+    console.print(f"checkpoint {info.ref} unpacked into {dest} ({human_bytes(info.size)})")
+    return 0
+
+
+def cmd_ckpt_delete(args: Any) -> int:
+    from benchkit.train import checkpoints as ckpt
+
+    store = _store(args)
+    info = _pick(args, store, "delete")
+    if not confirm(f"delete checkpoint {info.ref} from {store.url}?", args.yes):
+        return 1
+    ckpt.delete_checkpoint(store, info)
+    err_console.print(f"deleted checkpoint {info.ref}")
+    return 0

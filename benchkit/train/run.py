@@ -1,0 +1,499 @@
+"""``bench.Run``: what a ``@bench.train`` function receives.
+
+A run owns the Hugging Face ``Accelerator``, the :class:`~benchkit.train.tracker.BenchTracker`
+recording it in the store, its loaders and its checkpoints. ``python -m benchkit run`` builds
+one per process; tests and notebooks can build one directly::
+
+    with bench.Run(config={"epochs": 2, "batch_size": 8}, store=tmp_dir, cpu=True) as run:
+        train(run)
+
+Rank-0-only work (logging, progress bars, printing, uploading) is done here so user code does
+not need ``if rank == 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import traceback
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from benchkit.errors import CheckpointError, TrainError
+from benchkit.store import Store, open_store
+from benchkit.train import checkpoints as ckpt
+from benchkit.train import runs
+
+log = logging.getLogger(__name__)
+
+#: Config keys every run understands, with their defaults.
+IMPLICIT_CONFIG: dict[str, Any] = {"keep_checkpoints": ckpt.DEFAULT_KEEP, "seed": None}
+
+
+class Config(dict):
+    """The run's config: a dict that also allows ``config.lr``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(
+                f"config has no key {key!r}; known keys: {', '.join(sorted(self))}"
+            ) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+class TrackedLoader:
+    """A loader the run knows about: it sets the epoch, remembers whether an epoch is in
+    progress (for checkpoint names and resume), moves batches to the device when asked, and
+    exposes ``state_dict``/``load_state_dict`` of the loader it wraps. Every other attribute
+    is the wrapped loader's."""
+
+    def __init__(
+        self, loader: Any, device: Any = None, name: str | None = None, streaming: bool = True
+    ) -> None:
+        self.loader = loader
+        self.streaming = streaming
+        self.device = device
+        self.name = name
+        self.in_progress = False
+        self.batches = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.in_progress = True
+        self.batches = 0
+        if self.device is not None:
+            from accelerate.utils import send_to_device
+
+            for batch in self.loader:
+                self.batches += 1
+                yield send_to_device(batch, self.device, non_blocking=True)
+        else:
+            for batch in self.loader:
+                self.batches += 1
+                yield batch
+        self.in_progress = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self.loader, key)
+
+    def set_epoch(self, epoch: int) -> None:
+        for obj in (
+            self.loader,
+            getattr(self.loader, "dataset", None),
+            getattr(self.loader, "sampler", None),
+            getattr(self.loader, "batch_sampler", None),
+        ):
+            fn = getattr(obj, "set_epoch", None)
+            if callable(fn):
+                fn(epoch)
+                return
+
+    @property
+    def stateful(self) -> bool:
+        # loaders prepared by accelerate keep their own state in save_state
+        return (
+            self.streaming
+            and callable(getattr(self.loader, "state_dict", None))
+            and callable(getattr(self.loader, "load_state_dict", None))
+        )
+
+    def state_dict(self) -> Any:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.loader.load_state_dict(state)
+
+
+def is_streaming_loader(obj: Any) -> bool:
+    """True for BenchKit's streaming loaders: already sharded per rank, so they must not go
+    through ``accelerator.prepare`` (which would shard them again)."""
+    try:
+        from benchkit.data.loader import StreamingDataLoader
+    except ImportError:
+        return bool(getattr(obj, "__benchkit_streaming__", False))
+    return isinstance(obj, StreamingDataLoader) or bool(
+        getattr(obj, "__benchkit_streaming__", False)
+    )
+
+
+class Run:
+    """One training run in one process: config, accelerator, tracker, loaders, checkpoints.
+
+    Args:
+        config: the run's config (``epochs``, ``batch_size``, ... plus ``keep_checkpoints``
+            and ``seed``, which every run understands).
+        name: the run's name (``runs list``; ``--resume`` finds the latest run of a name).
+        store: store URL or object for records, checkpoints and datasets (default: configured).
+        run_id: the id to use; on resume the id of the run to continue. Default: a new id
+            (``BENCHKIT_RUN_ID`` when ``benchkit run`` launched several processes).
+        resume: continue ``run_id`` from its latest checkpoint (loaded when ``epochs()`` starts).
+        cpu, mixed_precision: passed to ``Accelerator``.
+        log_with: more Accelerate trackers to log to besides BenchKit's (e.g. ``"tensorboard"``).
+        datasets: declared datasets by name (``run.loader`` streams them with their transform).
+        project: project name given to the trackers.
+        output_dir: local directory for this run's files (default: under the BenchKit data dir).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        *,
+        name: str = "run",
+        store: str | Store | None = None,
+        run_id: str | None = None,
+        resume: bool = False,
+        cpu: bool = False,
+        mixed_precision: str | None = None,
+        log_with: Any = None,
+        datasets: dict[str, Any] | None = None,
+        project: str | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        accelerator_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        from accelerate import Accelerator, PartialState
+        from accelerate.utils import broadcast_object_list, set_seed
+
+        from benchkit.train.tracker import BenchTracker
+
+        self.name = name
+        self.store = open_store(store)
+        self.config = Config({**IMPLICIT_CONFIG, **(config or {})})
+        self.datasets = dict(datasets or {})
+        self._finished = False
+
+        state = PartialState(cpu=cpu)
+        run_id = run_id or os.environ.get("BENCHKIT_RUN_ID")
+        if resume and not run_id:
+            raise TrainError("resume=True needs the run_id of the run to continue")
+        seed = self.config.get("seed")
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        if state.num_processes > 1:  # every rank must agree on the id and the seed
+            shared = [run_id or runs.new_run_id(name), seed]
+            broadcast_object_list(shared, from_process=0)
+            run_id, seed = shared
+        self.run_id: str = run_id or runs.new_run_id(name)
+        self.config["seed"] = int(seed)
+
+        from benchkit.settings import get_paths
+
+        self.output_dir = Path(output_dir or get_paths().data / "runs" / self.run_id)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        self.tracker = BenchTracker(name, store=self.store, run_id=self.run_id)
+        extra = (
+            log_with if isinstance(log_with, (list, tuple)) else ([log_with] if log_with else [])
+        )
+        self.accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=mixed_precision,
+            log_with=[self.tracker, *extra],
+            project_dir=str(self.output_dir),
+            **(accelerator_kwargs or {}),
+        )
+        set_seed(self.config["seed"])
+
+        self._resume_from: ckpt.CheckpointInfo | None = None
+        if self.is_main_process:
+            self._open_record(resume)
+        if resume:
+            self._resume_from = ckpt.latest_checkpoint(self.store, self.run_id)
+        self.accelerator.init_trackers(project or "benchkit", config=dict(self.config))
+
+        self.step = 0
+        self.epoch: int | None = None
+        self._start_epoch = 0
+        self._loaders: list[TrackedLoader] = []
+        self._pending_loader_states: dict[str, Any] | None = None
+        self._last_values: dict[str, Any] = {}
+        self._values_version = 0
+
+    # --- the record ------------------------------------------------------------------------
+
+    def _open_record(self, resume: bool) -> None:
+        if resume:
+            rec = runs.load_record(self.store, self.run_id)
+            rec.status = runs.RUNNING
+            rec.ended = None
+            rec.traceback = None
+            rec.resumed.append(runs.utc_now())
+            rec.config = dict(self.config)
+        else:
+            rec = runs.RunRecord(id=self.run_id, name=self.name, config=dict(self.config))
+        rec.world_size = self.accelerator.num_processes
+        rec.host = socket.gethostname()
+        runs.save_record(self.store, rec)
+
+    def finish(self, status: str = runs.FINISHED, error: str | None = None) -> None:
+        """Flush the trackers and record the final status (``finished``, ``failed``,
+        ``interrupted``); called by ``benchkit run`` and by ``with Run(...)``."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self.accelerator.end_training()
+        finally:
+            if self.is_main_process:
+                rec = runs.load_record(self.store, self.run_id)
+                rec.status = status
+                rec.ended = runs.utc_now()
+                rec.traceback = error
+                runs.save_record(self.store, rec)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish(runs.FINISHED)
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish(runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
+        else:
+            self.finish(runs.FAILED, "".join(traceback.format_exception(exc_type, exc, tb)))
+
+    # --- accelerate ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> Any:
+        return self.accelerator.device
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def backward(self, loss: Any, **kwargs: Any) -> None:
+        self.accelerator.backward(loss, **kwargs)
+
+    def prepare(self, *objects: Any) -> Any:
+        """``accelerator.prepare`` for models, optimizers, schedulers and plain DataLoaders;
+        BenchKit's streaming loaders (already split across ranks) are kept as they are and
+        only get their batches moved to the device."""
+        out: list[Any] = list(objects)
+        to_accelerate = [
+            i
+            for i, o in enumerate(objects)
+            if not isinstance(o, TrackedLoader) and not is_streaming_loader(o)
+        ]
+        if to_accelerate:
+            prepared = self.accelerator.prepare(*(objects[i] for i in to_accelerate))
+            if len(to_accelerate) == 1:
+                prepared = (prepared,)
+            for i, p in zip(to_accelerate, prepared, strict=True):
+                out[i] = p
+        from torch.utils.data import DataLoader
+
+        for i, o in enumerate(out):
+            if isinstance(o, TrackedLoader):
+                continue
+            if is_streaming_loader(o):
+                out[i] = self._track(o, device=self._placement_device())
+            elif isinstance(o, DataLoader) or type(o).__name__.startswith("DataLoader"):
+                # accelerate places their batches and saves their state itself
+                out[i] = self._track(o, device=None, streaming=False)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def _placement_device(self) -> Any:
+        dev = self.accelerator.device
+        return None if dev.type == "cpu" else dev
+
+    def _track(
+        self, loader: Any, device: Any, name: str | None = None, streaming: bool = True
+    ) -> TrackedLoader:
+        tracked = TrackedLoader(loader, device=device, name=name, streaming=streaming)
+        self._loaders.append(tracked)
+        return tracked
+
+    def __getattr__(self, key: str) -> Any:
+        # gather, reduce, unwrap_model, wait_for_everyone, ... come from the accelerator
+        if key.startswith("_") or key in ("accelerator",):
+            raise AttributeError(key)
+        return getattr(self.accelerator, key)
+
+    # --- data ------------------------------------------------------------------------------
+
+    def loader(
+        self,
+        name: str,
+        *,
+        shuffle: bool = False,
+        num_workers: int = 0,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> TrackedLoader:
+        """A streaming DataLoader over dataset ``name`` of the run's store, this rank's share.
+
+        ``batch_size`` defaults to ``config["batch_size"]``; ``seed`` to ``config["seed"]``.
+        Extra keyword arguments go to :class:`~benchkit.data.loader.StreamingDataLoader`.
+        """
+        try:
+            from benchkit.data.loader import StreamingDataLoader
+            from benchkit.data.stream import open_dataset
+        except ImportError as e:  # pragma: no cover - the data package is part of BenchKit
+            raise TrainError(f"streaming datasets are unavailable: {e}") from e
+        if batch_size is None:
+            if "batch_size" not in self.config:
+                raise TrainError(
+                    f"run.loader({name!r}) needs a batch size: pass batch_size= or add "
+                    "'batch_size' to the @bench.train config"
+                )
+            batch_size = int(self.config["batch_size"])
+        source = self.datasets.get(name, name)
+        ds = open_dataset(
+            source,
+            store=self.store,
+            shuffle=shuffle,
+            seed=self.config["seed"] if seed is None else seed,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+        )
+        dl = StreamingDataLoader(ds, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        return self._track(dl, device=self._placement_device(), name=name)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def epochs(self, total: int | None = None) -> Iterator[int]:
+        """Epoch numbers from 0 to ``total`` (default ``config["epochs"]``); when resuming,
+        from where the checkpoint left off. Sets each loader's epoch."""
+        if total is None:
+            if "epochs" not in self.config:
+                raise TrainError(
+                    "run.epochs() needs a count: pass it or add 'epochs' to the config"
+                )
+            total = int(self.config["epochs"])
+        if self._resume_from is not None:
+            info, self._resume_from = self._resume_from, None
+            self.load_checkpoint(info.name)
+        for epoch in range(self._start_epoch, total):
+            self.epoch = epoch
+            for loader in self._loaders:
+                loader.set_epoch(epoch)
+            self._apply_loader_states()
+            yield epoch
+            self._start_epoch = epoch + 1
+        self.epoch = None
+
+    def _apply_loader_states(self) -> None:
+        states, self._pending_loader_states = self._pending_loader_states, None
+        if not states:
+            return
+        for i, loader in enumerate(self._loaders):
+            state = states.get(str(i))
+            if state is not None and loader.stateful:
+                loader.load_state_dict(state)
+
+    def progress(
+        self, iterable: Iterable[Any], description: str | None = None, total: int | None = None
+    ) -> Iterator[Any]:
+        """Iterate with a progress bar (rate, ETA and the last logged values) on the main
+        process; other processes iterate silently."""
+        if not self.is_main_process:
+            yield from iterable
+            return
+        from benchkit.train.progress import progress_bar
+
+        if description is None and self.epoch is not None and "epochs" in self.config:
+            description = f"epoch {self.epoch + 1}/{self.config['epochs']}"
+        yield from progress_bar(iterable, description or "", total, self)
+
+    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+        """Log scalar values (numbers or one-element tensors) on the main process; ``step``
+        defaults to a counter of ``log`` calls."""
+        if step is None:
+            step = self.step
+        self.step = step + 1
+        if self.accelerator.is_main_process:
+            self.accelerator.log(values, step=step)
+            self._last_values = values
+            self._values_version += 1
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Print on the main process (through rich) and record the text as a run message."""
+        if not self.is_main_process:
+            return
+        from benchkit.cli.common import console
+
+        console.print(*objects, **kwargs)
+        self.tracker.message(" ".join(str(o) for o in objects))
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self, name: str | None = None) -> str:
+        """Save model, optimizer, scheduler, RNG states, the epoch and the loaders' positions
+        on every rank, and upload them once to ``checkpoints/<run-id>/<name>``. Keeps the last
+        ``config["keep_checkpoints"]``. Every rank must call it. Returns the name."""
+        in_epoch = self.epoch is not None and any(ld.in_progress for ld in self._loaders)
+        if name is None:
+            if self.epoch is None:
+                name = f"step-{self.step:08d}"
+            elif in_epoch:
+                name = f"epoch-{self.epoch + 1:04d}-step-{self.step:08d}"
+            else:
+                name = f"epoch-{self.epoch + 1:04d}"
+        state = {
+            "epoch": -1 if self.epoch is None else self.epoch,
+            "in_epoch": in_epoch,
+            "step": self.step,
+            "loaders": {
+                str(i): ld.state_dict() for i, ld in enumerate(self._loaders) if ld.stateful
+            },
+        }
+        meta = {"epoch": self.epoch, "step": self.step, "in_epoch": in_epoch}
+        ckpt.save_checkpoint(
+            self.accelerator,
+            self.store,
+            self.run_id,
+            name,
+            self.output_dir / ".staging",
+            state=state,
+            keep=int(self.config.get("keep_checkpoints", ckpt.DEFAULT_KEEP)),
+            meta=meta,
+        )
+        if self.is_main_process:
+            self.tracker.message(f"checkpoint {name} saved")
+        return name
+
+    def load_checkpoint(self, name: str, run_id: str | None = None) -> dict[str, Any]:
+        """Restore a checkpoint of this run (or of ``run_id``) on every rank: model,
+        optimizer, scheduler, RNG states, step; ``epochs()`` continues after it and the loaders
+        from their saved positions. Call after ``prepare``. Every rank must call it."""
+        run_id = run_id or self.run_id
+        what = f"checkpoint '{run_id}/{name}' in store {self.store.url}"
+        dest = self.output_dir / ".restore" / name
+        error: list[str | None] = [None]
+        if self.accelerator.is_local_main_process:
+            try:
+                ckpt.fetch_checkpoint(self.store, run_id, name, dest)
+            except CheckpointError as e:
+                error[0] = str(e)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(error, from_process=0)
+        if error[0] is not None:
+            raise CheckpointError(error[0])
+        state = ckpt.load_checkpoint_dir(self.accelerator, dest, what)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_local_main_process:
+            import shutil
+
+            shutil.rmtree(dest, ignore_errors=True)
+        self.step = int(state.get("step", 0))
+        epoch = int(state.get("epoch", -1))
+        if epoch >= 0:
+            self._start_epoch = epoch if state.get("in_epoch") else epoch + 1
+        if state.get("in_epoch"):
+            self._pending_loader_states = dict(state.get("loaders") or {})
+        if self.is_main_process:
+            self.tracker.message(f"resumed from checkpoint {name}")
+        log.info("run %s: loaded %s (epoch %s, step %s)", self.run_id, what, epoch, self.step)
+        return state

@@ -1,0 +1,401 @@
+"""``benchkit run FILE``: find the ``@bench.train`` function and run it, in one process or
+several through torchrun.
+
+The launching process does everything that must happen once: check out a stored code version
+(``--version``), migrate datasets missing from the store, type the ``--config`` values, pick the
+run id (or the run to resume). With ``--processes N > 1`` it then starts
+``python -m torch.distributed.run --standalone --nproc_per_node N -m benchkit run ...`` and the
+workers read the resolved run from ``BENCHKIT_RUN_SPEC`` (JSON in the environment) instead of
+doing it again. On a machine without GPUs the workers use the CPU and gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from benchkit.errors import BenchKitError, ConfigError, TrainError
+from benchkit.registry import TRAIN, declared, import_user_module
+from benchkit.store import Store, open_store
+from benchkit.train import checkpoints as ckpt
+from benchkit.train import runs
+
+log = logging.getLogger(__name__)
+
+SPEC_ENV = "BENCHKIT_RUN_SPEC"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+@dataclass
+class RunSpec:
+    """Everything a worker needs to join a run, resolved once by the launcher."""
+
+    file: str
+    fn: str | None
+    name: str
+    run_id: str
+    config: dict[str, Any]
+    store: str
+    resume: bool = False
+    cpu: bool = False
+    mixed_precision: str | None = None
+    project: str | None = None
+    log_with: list[str] = field(default_factory=list)
+
+
+# --- finding the function ----------------------------------------------------------------------
+
+
+def find_train_function(module: ModuleType, fn: str | None = None) -> Any:
+    """The module's ``@bench.train`` function (``fn`` picks one by name when there are several)."""
+    found = declared(module, TRAIN)
+    where = getattr(module, "__file__", module.__name__)
+    if fn is not None:
+        if fn in found:
+            return found[fn]
+        by_attr = getattr(module, fn, None)
+        if by_attr is not None and getattr(by_attr, "__benchkit_kind__", None) == TRAIN:
+            return by_attr
+        raise TrainError(
+            f"{where} has no @bench.train function named {fn!r}; "
+            + (f"it has: {', '.join(found)}" if found else "it has none")
+        )
+    if not found:
+        raise TrainError(
+            f"no @bench.train function found in {where}; decorate your training function with "
+            "@bench.train(config={...}) (import benchkit as bench)"
+        )
+    if len(found) > 1:
+        raise TrainError(
+            f"{where} has several @bench.train functions ({', '.join(found)}); pick one with --fn NAME"
+        )
+    return next(iter(found.values()))
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def parse_value(key: str, text: str, default: Any) -> Any:
+    """``text`` converted to the type of ``default`` (JSON for lists, dicts and None)."""
+    kind = type(default).__name__
+    try:
+        if isinstance(default, bool):
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError("expected true/false, yes/no, on/off or 1/0")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, str):
+            return text
+        if isinstance(default, (list, tuple, dict)):
+            value = json.loads(text)
+            if not isinstance(value, (list, dict)) or isinstance(value, dict) != isinstance(
+                default, dict
+            ):
+                raise ValueError(
+                    f"expected a JSON {'object' if isinstance(default, dict) else 'array'}"
+                )
+            return value
+        try:  # default None (or another type): JSON if it parses, else the string
+            return json.loads(text)
+        except ValueError:
+            return text
+    except ValueError as e:
+        raise ConfigError(
+            f"--config {key}={text}: not a valid {kind} (default {default!r}): {e}"
+        ) from None
+
+
+def apply_overrides(defaults: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """The config after ``key=value`` overrides, each typed by its default."""
+    from benchkit.train.run import IMPLICIT_CONFIG
+
+    config = {**IMPLICIT_CONFIG, **defaults}
+    types = {"keep_checkpoints": 0, "seed": 0}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--config takes key=value, got {pair!r}")
+        if key not in config:
+            raise ConfigError(
+                f"unknown config key {key!r}; known keys: {', '.join(sorted(config))}"
+            )
+        default = config[key]
+        if default is None and key in types:
+            default = types[key]
+        config[key] = parse_value(key, text, default)
+    return config
+
+
+# --- datasets ----------------------------------------------------------------------------------
+
+
+def migrate_missing_datasets(
+    module: ModuleType, store: Store, project_root: Path | None
+) -> list[str]:
+    """Migrate the module's declared datasets that the store does not have yet; returns their names."""
+    try:
+        from benchkit.data.declare import datasets_in_module
+        from benchkit.data.migrate import ensure_migrated
+    except ImportError:
+        log.debug("dataset migration is not available in this tree")
+        return []
+    from benchkit.cli.common import err_console
+
+    migrated = []
+    root = project_root or Path(module.__file__).parent
+    for name, decl in datasets_in_module(module).items():
+        if ensure_migrated(decl, store, root):
+            err_console.print(
+                f"[cyan]dataset {name!r} was not in store {store.url}: migrated it[/cyan]"
+            )
+            migrated.append(name)
+    return migrated
+
+
+def module_datasets(module: ModuleType) -> dict[str, Any]:
+    try:
+        from benchkit.data.declare import datasets_in_module
+    except ImportError:
+        return {}
+    return datasets_in_module(module)
+
+
+# --- resolving the run -------------------------------------------------------------------------
+
+
+def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
+    """The run to resume: ``ref`` (id, prefix or row), or the latest run called ``name`` that
+    has a checkpoint."""
+    if ref:
+        rec = runs.load_record(store, runs.resolve_run(store, ref))
+        if ckpt.latest_checkpoint(store, rec.id) is None:
+            raise TrainError(
+                f"run {rec.id} has no checkpoint in store {store.url}; nothing to resume from"
+            )
+        return rec
+    for rid in reversed(runs.list_run_ids(store)):
+        rec = runs.load_record(store, rid)
+        if rec.name == name and ckpt.latest_checkpoint(store, rid) is not None:
+            return rec
+    raise TrainError(
+        f"no run named {name!r} with a checkpoint in store {store.url}; start one without --resume "
+        "(or give --resume RUN_ID)"
+    )
+
+
+def processes_from(value: str | int | None) -> int:
+    if value in (None, "", 1, "1"):
+        return 1
+    if value == "auto":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--processes takes a number or 'auto', got {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"--processes must be at least 1, got {n}")
+    return n
+
+
+def prepare_spec(args: Any) -> tuple[RunSpec, ModuleType]:
+    """Resolve FILE/--version, the train function, the store, the datasets and the config."""
+    from benchkit.settings import load_settings
+
+    file = args.file
+    if getattr(args, "version", None) is not None:
+        file = checkout_version(args, args.version)
+    if not file:
+        raise ConfigError("give the training module: benchkit run train.py (or --version N)")
+    settings = load_settings({"store": args.store}, project_dir=Path(file).resolve().parent)
+    store = open_store(settings.store)
+    module = import_user_module(file)
+    fn = find_train_function(module, args.fn)
+    name = args.name or fn.__benchkit_name__
+    migrate_missing_datasets(module, store, settings.project_root)
+    resume = args.resume is not None
+    if resume:
+        rec = resolve_resume(store, name, args.resume or None)
+        base = {k: v for k, v in rec.config.items()}
+        for k, v in getattr(fn, "config", {}).items():
+            base.setdefault(k, v)
+        config = apply_overrides(base, args.config or [])
+        run_id = rec.id
+        name = rec.name
+    else:
+        config = apply_overrides(getattr(fn, "config", {}), args.config or [])
+        run_id = runs.new_run_id(name)
+    spec = RunSpec(
+        file=str(Path(file).resolve()),
+        fn=args.fn,
+        name=name,
+        run_id=run_id,
+        config=config,
+        store=store.url if "://" not in settings.store else settings.store,
+        resume=resume,
+        cpu=bool(args.cpu),
+        mixed_precision=args.mixed_precision,
+        project=settings.project,
+        log_with=list(args.log_with or []),
+    )
+    return spec, module
+
+
+def checkout_version(args: Any, version: int) -> str:
+    """Check out stored code version ``version`` into a fresh directory; returns its entry file."""
+    try:
+        from benchkit.code.package import checkout
+    except ImportError as e:  # pragma: no cover
+        raise TrainError(f"--version needs benchkit.code, which failed to import: {e}") from e
+    from benchkit.settings import get_paths, load_settings
+
+    store = open_store(load_settings({"store": args.store}).store)
+    base = get_paths().cache / "code"
+    base.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=base))
+    manifest = checkout(store, version, dest)
+    entry = dest / manifest.entry_point
+    from benchkit.cli.common import err_console
+
+    err_console.print(f"[cyan]code version {version} checked out into {dest}[/cyan]")
+    return str(entry)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def run_command(args: Any) -> int:
+    """The ``run`` command: returns the exit status."""
+    spec_text = os.environ.get(SPEC_ENV)
+    if spec_text:  # a torchrun worker: the launcher resolved everything
+        spec = RunSpec(**json.loads(spec_text))
+        module = import_user_module(spec.file)
+        return run_in_process(spec, module)
+    spec, module = prepare_spec(args)
+    n = processes_from(args.processes)
+    if n > 1:
+        return launch_torchrun(spec, n)
+    return run_in_process(spec, module)
+
+
+def run_in_process(spec: RunSpec, module: ModuleType) -> int:
+    """Build the ``Run`` in this process, call the train function, record the outcome."""
+    from benchkit.cli.common import err_console
+    from benchkit.train.run import Run
+
+    fn = find_train_function(module, spec.fn)
+    run = Run(
+        spec.config,
+        name=spec.name,
+        store=spec.store,
+        run_id=spec.run_id,
+        resume=spec.resume,
+        cpu=spec.cpu,
+        mixed_precision=spec.mixed_precision,
+        log_with=spec.log_with or None,
+        datasets=module_datasets(module),
+        project=spec.project,
+    )
+    if run.is_main_process:
+        verb = "resuming" if spec.resume else "run"
+        err_console.print(
+            f"[bold]{verb} {run.run_id}[/bold] ({run.accelerator.num_processes} process(es), "
+            f"{run.device}, store {run.store.url})",
+            highlight=False,
+        )
+    try:
+        fn(run)
+    except KeyboardInterrupt:
+        run.finish(runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
+        err_console.print(f"[yellow]run {run.run_id} interrupted[/yellow]")
+        return 130
+    except BaseException as e:
+        tb = traceback.format_exc()
+        try:
+            run.finish(runs.FAILED, tb)
+        except Exception:
+            log.exception("recording the failure of run %s failed", run.run_id)
+        if isinstance(e, BenchKitError):
+            raise
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            return 0
+        err_console.print(tb, highlight=False, markup=False)
+        err_console.print(f"[bold red]run {run.run_id} failed:[/bold red] {type(e).__name__}: {e}")
+        return 1
+    run.finish(runs.FINISHED)
+    if run.is_main_process:
+        err_console.print(
+            f"[green]run {run.run_id} finished[/green] — `benchkit runs show {run.run_id}`"
+        )
+    return 0
+
+
+def torchrun_command(n: int) -> list[str]:
+    """The command that starts ``n`` workers of ``benchkit run`` on this machine."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+        "-m", "benchkit", "run",
+    ]  # fmt: skip
+
+
+def launch_torchrun(spec: RunSpec, n: int) -> int:
+    """Run ``n`` worker processes through torchrun; record failures the workers could not."""
+    from benchkit.cli.common import err_console
+
+    env = dict(os.environ)
+    env[SPEC_ENV] = json.dumps(asdict(spec))
+    env["BENCHKIT_RUN_ID"] = spec.run_id
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = torchrun_command(n)
+    log.info("launching: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
+        err_console.print(f"[yellow]run {spec.run_id} interrupted[/yellow]")
+        return 130
+    if code != 0:
+        _mark_if_running(spec, runs.FAILED, f"torchrun exited with status {code}")
+        return code if code > 0 else 1
+    return 0
+
+
+def _mark_if_running(spec: RunSpec, status: str, why: str) -> None:
+    """A worker killed hard cannot record its end: do it for it."""
+    try:
+        store = open_store(spec.store)
+        rec = runs.load_record(store, spec.run_id)
+    except Exception:
+        return
+    if rec.status == runs.RUNNING:
+        rec.status = status
+        rec.ended = runs.utc_now()
+        rec.traceback = rec.traceback or why
+        runs.save_record(store, rec)
