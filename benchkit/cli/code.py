@@ -10,13 +10,22 @@ import argparse
 import os
 from pathlib import Path
 
-from benchkit.cli.common import add_store_flag, confirm, console, human_bytes, print_json, print_table
+from benchkit.cli.common import (
+    add_store_flag,
+    confirm,
+    console,
+    human_bytes,
+    print_json,
+    print_table,
+)
 from benchkit.errors import CodePackageError
 from benchkit.settings import load_settings
 from benchkit.store import Store, open_store
 
 
-def _store(args: argparse.Namespace, project_dir: str | os.PathLike[str] | None = None) -> tuple[Store, str]:
+def _store(
+    args: argparse.Namespace, project_dir: str | os.PathLike[str] | None = None
+) -> tuple[Store, str]:
     settings = load_settings({"store": getattr(args, "store", None)}, project_dir=project_dir)
     return open_store(settings.store), settings.project
 
@@ -43,7 +52,9 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
         "modules it imports, benchkit.toml and the requirements into a reproducible archive "
         "stored as code/<version>/ in the store. Unchanged code stores nothing new.",
     )
-    p.add_argument("file", nargs="?", help="the training module (default: train.py or TrainScript.py)")
+    p.add_argument(
+        "file", nargs="?", help="the training module (default: train.py or TrainScript.py)"
+    )
     p.add_argument(
         "--version",
         dest="code_version",  # `benchkit --version` owns args.version
@@ -52,8 +63,17 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
         help="version number (default: the next free one)",
     )
     p.add_argument("-m", "--message", default="", help="a note stored with the version")
-    p.add_argument("--force", action="store_true", help="replace an existing version, or store identical code again")
-    p.add_argument("--max-size", default="50MB", metavar="SIZE", help="refuse packages bigger than this (default 50MB)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing version, or store identical code again",
+    )
+    p.add_argument(
+        "--max-size",
+        default="50MB",
+        metavar="SIZE",
+        help="refuse packages bigger than this (default 50MB)",
+    )
     add_store_flag(p)
     p.set_defaults(func=cmd_migrate_code)
 
@@ -74,7 +94,11 @@ def _add_pull_args(p: argparse.ArgumentParser) -> None:
 
 def _add_delete_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument(
-        "code_version", metavar="N", type=_version_number, nargs="?" if optional else None, help="the version to delete"
+        "code_version",
+        metavar="N",
+        type=_version_number,
+        nargs="?" if optional else None,
+        help="the version to delete",
     )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_store_flag(p)
@@ -87,7 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     vsub = p.add_subparsers(dest="versions_command", metavar="ACTION")
     _add_list_args(p)
     _add_list_args(vsub.add_parser("list", help="table of the stored code versions (default)"))
-    _add_pull_args(vsub.add_parser("pull", help="extract a version into a directory, verifying checksums"))
+    _add_pull_args(
+        vsub.add_parser("pull", help="extract a version into a directory, verifying checksums")
+    )
     _add_delete_args(vsub.add_parser("delete", help="delete a version"))
     d = vsub.add_parser("diff", help="files added, removed and changed between two versions")
     d.add_argument("a", type=_version_number)
@@ -97,7 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_diff)
 
     _add_list_args(sub.add_parser("show-vs", help="the original's name for `versions list`"))
-    _add_delete_args(sub.add_parser("del-vs", help="the original's name for `versions delete`"), optional=True)
+    _add_delete_args(
+        sub.add_parser("del-vs", help="the original's name for `versions delete`"), optional=True
+    )
     _add_pull_args(sub.add_parser("pull-vs", help="the original's name for `versions pull`"))
 
 
@@ -142,7 +170,9 @@ def cmd_migrate_code(args: argparse.Namespace) -> int:
             "add a requirements.txt so the remote machine knows what to install",
             highlight=False,
         )
-    console.print(f"run it anywhere with: python -m benchkit run --version {result.version}", highlight=False)
+    console.print(
+        f"run it anywhere with: python -m benchkit run --version {result.version}", highlight=False
+    )
     return 0
 
 
@@ -162,7 +192,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         f"Code versions in {store.url}",
         ["version", "created", "files", "size", "message", "entry point"],
         [
-            (m.version, _created(m.created), len(m.files), human_bytes(m.archive_size), m.message, m.entry_point)
+            (
+                m.version,
+                _created(m.created),
+                len(m.files),
+                human_bytes(m.archive_size),
+                m.message,
+                m.entry_point,
+            )
             for m in versions
         ],
     )
@@ -182,7 +219,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
         highlight=False,
     )
     if manifest.requirements:
-        console.print(f"requirements ({manifest.requirements_source}): {' '.join(manifest.requirements)}", highlight=False)
+        console.print(
+            f"requirements ({manifest.requirements_source}): {' '.join(manifest.requirements)}",
+            highlight=False,
+        )
     return 0
 
 
@@ -196,7 +236,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if not list_versions(store):
             return 0
         if not os.isatty(0):
-            raise CodePackageError("say which version to delete: `benchkit versions delete N --yes`")
+            raise CodePackageError(
+                "say which version to delete: `benchkit versions delete N --yes`"
+            )
         answer = console.input("version to delete: ").strip()
         version = _version_number(answer)
     try:
@@ -233,7 +275,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if d.same:
         console.print(f"code versions {d.a} and {d.b} hold the same files", highlight=False)
         return 0
-    rows = [("added", p) for p in d.added] + [("removed", p) for p in d.removed] + [("changed", p) for p in d.changed]
+    rows = (
+        [("added", p) for p in d.added]
+        + [("removed", p) for p in d.removed]
+        + [("changed", p) for p in d.changed]
+    )
     rows += [("requirement added", r) for r in d.requirements_added]
     rows += [("requirement removed", r) for r in d.requirements_removed]
     if d.entry_point[0] != d.entry_point[1]:

@@ -103,7 +103,9 @@ def _check_member(m: tarfile.TarInfo, archive: str) -> str:
         raise CodePackageError(f"{where} has an absolute path; the archive is not safe to extract")
     parts = name.replace("\\", "/").split("/")
     if ".." in parts:
-        raise CodePackageError(f"{where} leaves the destination with '..'; the archive is not safe to extract")
+        raise CodePackageError(
+            f"{where} leaves the destination with '..'; the archive is not safe to extract"
+        )
     if m.issym() or m.islnk():
         target = m.linkname
         base = posixpath.dirname(name) if m.issym() else ""
@@ -126,13 +128,15 @@ def _check_member(m: tarfile.TarInfo, archive: str) -> str:
     return norm
 
 
-def check_members(tar: tarfile.TarFile, archive: str, expected: Mapping[str, int]) -> list[tarfile.TarInfo]:
+def check_members(
+    tar: tarfile.TarFile, archive: str, expected: Mapping[str, int]
+) -> list[tarfile.TarInfo]:
     """Validate every member against safety rules and the expected files (name -> size)."""
     members = tar.getmembers()
     names = [_check_member(m, archive) for m in members]  # every member is safe, first
     seen: set[str] = set()
     files: list[tarfile.TarInfo] = []
-    for m, norm in zip(members, names):
+    for m, norm in zip(members, names, strict=True):
         if m.isdir():
             continue
         if norm in seen:
@@ -188,7 +192,9 @@ def safe_extract(
                 else:  # Python without the filter: the checks above already refuse unsafe members
                     tar.extractall(staging, members=members)
         except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
-            raise CodePackageError(f"{label} is not a readable archive ({e}); the archive is damaged") from e
+            raise CodePackageError(
+                f"{label} is not a readable archive ({e}); the archive is damaged"
+            ) from e
         for rel, (digest, _size) in expected.items():
             got = sha256_file(staging / rel)
             if got != digest:
@@ -200,7 +206,9 @@ def safe_extract(
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_dir() and not target.is_symlink():
-                raise CodePackageError(f"cannot pull {rel} into {dest}: a directory of that name is in the way")
+                raise CodePackageError(
+                    f"cannot pull {rel} into {dest}: a directory of that name is in the way"
+                )
             os.replace(staging / rel, target)
             os.utime(target)  # fresh mtimes, so no stale __pycache__ entry looks current
     finally:

@@ -149,7 +149,9 @@ def parse_rules(text: str, base: str = "", source: str = "") -> list[Rule]:
         regex = _translate(body)
         if not anchored:
             regex = "(?:.*/)?" + regex
-        rules.append(Rule(base, raw.strip(), re.compile(regex, re.DOTALL), negate, dir_only, source))
+        rules.append(
+            Rule(base, raw.strip(), re.compile(regex, re.DOTALL), negate, dir_only, source)
+        )
     return rules
 
 
@@ -176,7 +178,9 @@ class ProjectFiles:
                 if f.is_file():
                     try:
                         rules += parse_rules(
-                            f.read_text(errors="replace"), rel_dir, f"{rel_dir}/{name}" if rel_dir else name
+                            f.read_text(errors="replace"),
+                            rel_dir,
+                            f"{rel_dir}/{name}" if rel_dir else name,
                         )
                     except OSError as e:
                         log.warning("cannot read %s: %s", f, e)
@@ -222,7 +226,9 @@ class ProjectFiles:
             return reason
         if name.endswith(NEVER_SUFFIXES):
             return f"{name} is a compiled or checkpoint file"
-        if not name.endswith(".py") and any(p.lower() in RAW_DATA_DIRS for p in parent.split("/") if p):
+        if not name.endswith(".py") and any(
+            p.lower() in RAW_DATA_DIRS for p in parent.split("/") if p
+        ):
             return f"{rel} lies in a data directory (only Python modules are taken from those)"
         rule = self._rule_verdict(rel, False)
         if rule is not None and not rule.negate:

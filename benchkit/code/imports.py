@@ -25,7 +25,9 @@ from benchkit.errors import CodePackageError
 log = logging.getLogger(__name__)
 
 #: Names that are neither local nor third-party requirements.
-BUILTIN_NAMES = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names) | {"benchkit"}
+BUILTIN_NAMES = (
+    frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names) | {"benchkit"}
+)
 
 
 @dataclass
@@ -145,7 +147,9 @@ def scan_imports(entry: Path, root: Path, search_dirs: Iterable[Path] | None = N
                 mod_parts = module.split(".") if module else []
                 found = resolver.resolve_in(base, mod_parts, True) if mod_parts else []
                 if found is None:
-                    scan.missing.append(f"{resolver.rel(path)}: from {'.' * level}{module} import ...")
+                    scan.missing.append(
+                        f"{resolver.rel(path)}: from {'.' * level}{module} import ..."
+                    )
                     continue
                 if (base / "__init__.py").is_file():
                     found.append(base / "__init__.py")

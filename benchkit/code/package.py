@@ -58,8 +58,19 @@ DEFAULT_ENTRIES = ("train.py", "TrainScript.py")
 
 # --- sizes ------------------------------------------------------------------------------------
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -138,7 +149,9 @@ class Manifest:
 
     def archive_bytes(self) -> bytes:
         """The manifest as stored inside the archive (deterministic)."""
-        return (json.dumps(self.to_dict(archive_only=True), indent=1, sort_keys=True) + "\n").encode()
+        return (
+            json.dumps(self.to_dict(archive_only=True), indent=1, sort_keys=True) + "\n"
+        ).encode()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
@@ -182,7 +195,9 @@ def _code_config(root: Path) -> dict[str, Any]:
         raise ConfigError(f"project file {path}: [code] must be a table")
     include = table.get("include", [])
     if not isinstance(include, list) or not all(isinstance(p, str) for p in include):
-        raise ConfigError(f'project file {path}: [code] include must be a list of patterns, e.g. ["configs/*.yaml"]')
+        raise ConfigError(
+            f'project file {path}: [code] include must be a list of patterns, e.g. ["configs/*.yaml"]'
+        )
     return table
 
 
@@ -218,7 +233,9 @@ def collect_files(module: Path, root: Path | None = None) -> tuple[Path, str, li
     """Choose the files of a package: (root, entry point, files, third-party import names)."""
     module = Path(module).expanduser().resolve()
     if not module.is_file():
-        raise CodePackageError(f"{module} does not exist; give the path of your training module, e.g. train.py")
+        raise CodePackageError(
+            f"{module} does not exist; give the path of your training module, e.g. train.py"
+        )
     if module.suffix != ".py":
         raise CodePackageError(f"{module} is not a Python file (.py)")
     root = Path(root).resolve() if root else project_root_for(module)
@@ -247,7 +264,9 @@ def collect_files(module: Path, root: Path | None = None) -> tuple[Path, str, li
         for pattern, rx in matchers:
             hits = [rel for rel in candidates if rx.fullmatch(rel)]
             if not hits:
-                log.warning("[code] include pattern %r in %s matches no file", pattern, root / PROJECT_FILE)
+                log.warning(
+                    "[code] include pattern %r in %s matches no file", pattern, root / PROJECT_FILE
+                )
             chosen.update(hits)
     chosen.discard(EMBEDDED_MANIFEST)
     return root, entry, sorted(chosen), sorted(scan.third_party)
@@ -343,7 +362,9 @@ def get_manifest(store: Store | str | None, version: int) -> Manifest:
             "see the stored ones with `benchkit versions list`"
         ) from None
     except ValueError as e:
-        raise CodePackageError(f"the manifest of code version {version} in store {store.url} is not JSON: {e}") from e
+        raise CodePackageError(
+            f"the manifest of code version {version} in store {store.url} is not JSON: {e}"
+        ) from e
     return Manifest.from_dict(data, f"the manifest of code version {version} in store {store.url}")
 
 
@@ -355,7 +376,9 @@ def list_versions(store: Store | str | None) -> list[Manifest]:
         if store.exists(manifest_key(n)):
             found.append(get_manifest(store, n))
         else:
-            log.info("code/%d/ in %s has no manifest (an interrupted upload); skipped", n, store.url)
+            log.info(
+                "code/%d/ in %s has no manifest (an interrupted upload); skipped", n, store.url
+            )
     return found
 
 
@@ -482,8 +505,16 @@ class VersionDiff:
 
     @property
     def same(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.requirements_added
-                    or self.requirements_removed) and self.entry_point[0] == self.entry_point[1]
+        return (
+            not (
+                self.added
+                or self.removed
+                or self.changed
+                or self.requirements_added
+                or self.requirements_removed
+            )
+            and self.entry_point[0] == self.entry_point[1]
+        )
 
 
 def diff_versions(store: Store | str | None, a: int, b: int) -> VersionDiff:

@@ -41,22 +41,55 @@ def test_migrate_code_reports_the_version_and_then_unchanged(project: Path, stor
 
 def test_migrate_code_existing_version_needs_force(project: Path, store, capsys) -> None:
     url = str(store.root)
-    assert main(["migrate", "code", str(project / "train.py"), "--store", url, "--version", "4"]) == 0
+    assert (
+        main(["migrate", "code", str(project / "train.py"), "--store", url, "--version", "4"]) == 0
+    )
     (project / "helpers.py").write_text("VALUE = 5\n")
-    assert main(["migrate", "code", str(project / "train.py"), "--store", url, "--version", "4"]) == 1
+    assert (
+        main(["migrate", "code", str(project / "train.py"), "--store", url, "--version", "4"]) == 1
+    )
     assert "already exists" in capsys.readouterr().err
-    assert main(["migrate", "code", str(project / "train.py"), "--store", url, "--version", "4", "--force"]) == 0
+    assert (
+        main(
+            [
+                "migrate",
+                "code",
+                str(project / "train.py"),
+                "--store",
+                url,
+                "--version",
+                "4",
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert "replaced code version 4" in capsys.readouterr().out
 
 
-def test_migrate_code_without_file_uses_train_py_here(project: Path, store, capsys, monkeypatch) -> None:
+def test_migrate_code_without_file_uses_train_py_here(
+    project: Path, store, capsys, monkeypatch
+) -> None:
     monkeypatch.chdir(project)
     assert main(["migrate", "code", "--store", str(store.root)]) == 0
     assert get_manifest(store, 1).entry_point == "train.py"
 
 
 def test_size_limit_flag(project: Path, store, capsys) -> None:
-    assert main(["migrate", "code", str(project / "train.py"), "--store", str(store.root), "--max-size", "100B"]) == 1
+    assert (
+        main(
+            [
+                "migrate",
+                "code",
+                str(project / "train.py"),
+                "--store",
+                str(store.root),
+                "--max-size",
+                "100B",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "over the 100 B limit" in err and "--max-size" in err
 
@@ -64,11 +97,24 @@ def test_size_limit_flag(project: Path, store, capsys) -> None:
 def test_versions_list_table_and_json(two_versions: str, capsys) -> None:
     assert main(["versions", "list", "--store", two_versions]) == 0
     out = capsys.readouterr().out
-    for text in ("version", "created", "files", "size", "message", "entry point", "first", "second", "train.py"):
+    for text in (
+        "version",
+        "created",
+        "files",
+        "size",
+        "message",
+        "entry point",
+        "first",
+        "second",
+        "train.py",
+    ):
         assert text in out
     assert main(["versions", "list", "--json", "--store", two_versions]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["version"], r["message"], r["entry_point"]) for r in rows] == [(1, "first", "train.py"), (2, "second", "train.py")]
+    assert [(r["version"], r["message"], r["entry_point"]) for r in rows] == [
+        (1, "first", "train.py"),
+        (2, "second", "train.py"),
+    ]
     assert all(r["archive_sha256"] and r["files"] for r in rows)
 
 
@@ -122,12 +168,21 @@ def test_classic_manage_py_migrate_code(tmp_path: Path) -> None:
         (proj / "helpers.py").write_text("")
     run = subprocess.run(
         [sys.executable, "manage.py", "migrate-code", "3", "-m", "classic"],
-        cwd=proj, capture_output=True, text=True, timeout=120,
+        cwd=proj,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "code version 3" in run.stdout
     m = get_manifest(None, 3)  # the default store of the isolated home, as manage.py used it
     assert m.entry_point == "TrainScript.py" and m.message == "classic"
     assert "benchkit.toml" in m.file_map() and "manage.py" not in m.file_map()
-    again = subprocess.run([sys.executable, "manage.py", "migrate-code"], cwd=proj, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "manage.py", "migrate-code"],
+        cwd=proj,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0 and "code version 3 already holds this code" in again.stdout

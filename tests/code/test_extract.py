@@ -17,7 +17,10 @@ from benchkit.errors import CodePackageError
 
 def crafted(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for info, data in members:
             if data is not None:
                 info.size = len(data)
@@ -39,7 +42,14 @@ def plant(store, version: int, archive: bytes, extra_files: dict[str, bytes] | N
     m = store.get_json(manifest_key(version))
     m["archive_sha256"] = hashlib.sha256(archive).hexdigest()
     for name, data in (extra_files or {}).items():
-        m["files"].append({"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "executable": False})
+        m["files"].append(
+            {
+                "path": name,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "executable": False,
+            }
+        )
     store.put_json(manifest_key(version), m)
 
 
@@ -49,7 +59,9 @@ def stored(project: Path, store):
     return store
 
 
-def test_pull_restores_every_file_and_the_entry_module_runs(stored, project: Path, tmp_path: Path) -> None:
+def test_pull_restores_every_file_and_the_entry_module_runs(
+    stored, project: Path, tmp_path: Path
+) -> None:
     import subprocess
     import sys
 
@@ -65,8 +77,12 @@ def test_pull_restores_every_file_and_the_entry_module_runs(stored, project: Pat
     (stub / "torch.py").write_text("")  # keep the check fast: the real torch is not needed here
     (stub / "numpy.py").write_text("")
     out = subprocess.run(
-        [sys.executable, manifest.entry_point], cwd=dest, capture_output=True, text=True,
-        env={"PYTHONPATH": str(stub), "PATH": "/usr/bin:/bin"}, check=True,
+        [sys.executable, manifest.entry_point],
+        cwd=dest,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(stub), "PATH": "/usr/bin:/bin"},
+        check=True,
     )
     assert out.stdout.strip() == "42"
 
@@ -78,14 +94,19 @@ def test_pull_restores_every_file_and_the_entry_module_runs(stored, project: Pat
         ((member("../evil.py"), b"x"), r"'\.\.'"),
         ((member("models/../../evil.py"), b"x"), r"'\.\.'"),
         ((member("link.py", tarfile.SYMTYPE, "/etc/passwd"), None), "symbolic link.*outside"),
-        ((member("models/link.py", tarfile.SYMTYPE, "../../outside.py"), None), "symbolic link.*outside"),
+        (
+            (member("models/link.py", tarfile.SYMTYPE, "../../outside.py"), None),
+            "symbolic link.*outside",
+        ),
         ((member("hard.py", tarfile.LNKTYPE, "/etc/passwd"), None), "hard link"),
         ((member("dev.py", tarfile.CHRTYPE), None), "device"),
         ((member("blk.py", tarfile.BLKTYPE), None), "device"),
         ((member("fifo.py", tarfile.FIFOTYPE), None), "device"),
     ],
 )
-def test_crafted_archives_are_refused_and_write_nothing(stored, tmp_path: Path, evil, message: str) -> None:
+def test_crafted_archives_are_refused_and_write_nothing(
+    stored, tmp_path: Path, evil, message: str
+) -> None:
     info, data = evil
     good = [(member("train.py"), b"print(1)\n")]
     plant(stored, 1, crafted([*good, (info, data)]), {info.name: data or b""})
@@ -115,7 +136,9 @@ def test_tampered_archive_fails_its_checksum(stored, tmp_path: Path) -> None:
     assert not (tmp_path / "dest" / "train.py").exists()
 
 
-def test_altered_file_with_a_matching_archive_checksum_fails_the_file_checksum(stored, tmp_path: Path) -> None:
+def test_altered_file_with_a_matching_archive_checksum_fails_the_file_checksum(
+    stored, tmp_path: Path
+) -> None:
     # rebuild the archive with one file's content changed (same size), and fix only the
     # archive's sha256 in the manifest: the per-file sha256 must catch it
     with tarfile.open(fileobj=gzip.open(stored.local_path(archive_key(1)))) as tar:

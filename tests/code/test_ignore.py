@@ -63,7 +63,9 @@ def test_files_inside_an_ignored_directory_cannot_be_re_included(tmp_path: Path,
     assert files.excluded("in/keep.py") is None
 
 
-def test_benchkitignore_overrides_gitignore_and_nested_files_apply_below(tmp_path: Path, write) -> None:
+def test_benchkitignore_overrides_gitignore_and_nested_files_apply_below(
+    tmp_path: Path, write
+) -> None:
     write(
         tmp_path,
         {
@@ -106,10 +108,22 @@ def test_never_packaged_whatever_the_rules_say(tmp_path: Path, write) -> None:
     )
     files = ProjectFiles(tmp_path)
     assert "virtual environment" in (files.excluded("env/lib/site.py") or "")
-    for rel in ("__pycache__/m.cpython-311.pyc", ".git/config", ".benchkit/staging/chunk.bin",
-                "checkpoints/last.py", "data/images/cat.png", "Datasets/labels.csv", "model.ckpt"):
+    for rel in (
+        "__pycache__/m.cpython-311.pyc",
+        ".git/config",
+        ".benchkit/staging/chunk.bin",
+        "checkpoints/last.py",
+        "data/images/cat.png",
+        "Datasets/labels.csv",
+        "model.ckpt",
+    ):
         assert files.excluded(rel) is not None, rel
     # Python modules in a data directory may still be imported code
     assert files.excluded("data/loader.py") is None
     assert files.excluded("Datasets/ProjectDatasets.py") is None
-    assert files.walk() == [".benchkitignore", "Datasets/ProjectDatasets.py", "data/loader.py", "ok.py"]
+    assert files.walk() == [
+        ".benchkitignore",
+        "Datasets/ProjectDatasets.py",
+        "data/loader.py",
+        "ok.py",
+    ]

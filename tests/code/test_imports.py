@@ -13,12 +13,20 @@ from benchkit.errors import CodePackageError
 
 def test_local_modules_packages_and_relative_imports_are_followed(project: Path) -> None:
     scan = scan_imports(project / "train.py", project)
-    assert scan.local == {"train.py", "helpers.py", "models/__init__.py", "models/net.py", "models/layers.py"}
+    assert scan.local == {
+        "train.py",
+        "helpers.py",
+        "models/__init__.py",
+        "models/net.py",
+        "models/layers.py",
+    }
     # third-party imports are named, standard library and local ones are not
     assert scan.third_party == {"torch", "numpy"}
 
 
-def test_collect_files_adds_project_files_and_leaves_out_unimported_ones(project: Path, write) -> None:
+def test_collect_files_adds_project_files_and_leaves_out_unimported_ones(
+    project: Path, write
+) -> None:
     write(project, {"requirements.txt": "torch\n"})
     root, entry, files, third = collect_files(project / "train.py")
     assert root == project.resolve() and entry == "train.py"
@@ -50,7 +58,9 @@ def test_relative_import_forms_and_submodules(tmp_path: Path, write) -> None:
     }  # fmt: skip
 
 
-def test_dynamic_imports_with_literal_names_and_imports_inside_functions(tmp_path: Path, write) -> None:
+def test_dynamic_imports_with_literal_names_and_imports_inside_functions(
+    tmp_path: Path, write
+) -> None:
     write(
         tmp_path,
         {
@@ -79,12 +89,25 @@ def test_imports_resolve_from_the_entry_dir_and_the_project_root(tmp_path: Path,
     )
     root, entry, files, _ = collect_files(tmp_path / "scripts" / "train.py")
     assert entry == "scripts/train.py"
-    assert files == ["benchkit.toml", "scripts/near.py", "scripts/train.py", "shared/__init__.py", "shared/util.py"]
+    assert files == [
+        "benchkit.toml",
+        "scripts/near.py",
+        "scripts/train.py",
+        "shared/__init__.py",
+        "shared/util.py",
+    ]
 
 
 def test_a_bare_directory_does_not_shadow_an_installed_package(tmp_path: Path, write) -> None:
     # a raw-data folder called "numpy" without __init__.py is no package; numpy stays third-party
-    write(tmp_path, {"main.py": "import numpy\nimport localns.mod\n", "numpy/readme.md": "", "localns/mod.py": ""})
+    write(
+        tmp_path,
+        {
+            "main.py": "import numpy\nimport localns.mod\n",
+            "numpy/readme.md": "",
+            "localns/mod.py": "",
+        },
+    )
     scan = scan_imports(tmp_path / "main.py", tmp_path)
     assert "numpy" in scan.third_party
     assert scan.local == {"main.py", "localns/mod.py"}  # a namespace package of the project

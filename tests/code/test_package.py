@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from benchkit.code import EMBEDDED_MANIFEST, build_package, get_manifest, list_versions, migrate_code
+from benchkit.code import (
+    EMBEDDED_MANIFEST,
+    build_package,
+    get_manifest,
+    list_versions,
+    migrate_code,
+)
 from benchkit.code.package import archive_key, manifest_key
 from benchkit.errors import CodePackageError
 
@@ -57,11 +63,20 @@ def test_created_time_and_message_are_not_in_the_archive(project: Path, store) -
     assert result.manifest.python and result.manifest.benchkit
     assert result.manifest.torch is not None and result.manifest.accelerate is not None
     files = {f.path: f for f in result.manifest.files}
-    assert set(files) == {"benchkit.toml", "train.py", "helpers.py", "models/__init__.py", "models/net.py", "models/layers.py"}
+    assert set(files) == {
+        "benchkit.toml",
+        "train.py",
+        "helpers.py",
+        "models/__init__.py",
+        "models/net.py",
+        "models/layers.py",
+    }
     assert files["helpers.py"].size == len("VALUE = 41 + 1\n")
 
 
-def test_unchanged_code_stores_no_new_version_and_names_the_one_holding_it(project: Path, store) -> None:
+def test_unchanged_code_stores_no_new_version_and_names_the_one_holding_it(
+    project: Path, store
+) -> None:
     first = migrate_code(project / "train.py", store)
     again = migrate_code(project / "train.py", store, message="again")
     assert (first.version, first.created) == (1, True)
@@ -96,8 +111,12 @@ def test_next_free_number_follows_the_highest_even_a_half_written_one(project: P
     assert migrate_code(project / "train.py", store).version == 6
 
 
-def test_size_guard_lists_the_biggest_files_and_the_way_out(project: Path, tmp_path: Path, write) -> None:
-    write(project, {"benchkit.toml": '[project]\nname = "demo"\n[code]\ninclude = ["assets/*.bin"]\n'})
+def test_size_guard_lists_the_biggest_files_and_the_way_out(
+    project: Path, tmp_path: Path, write
+) -> None:
+    write(
+        project, {"benchkit.toml": '[project]\nname = "demo"\n[code]\ninclude = ["assets/*.bin"]\n'}
+    )
     (project / "assets").mkdir()
     (project / "assets" / "big.bin").write_bytes(b"\1" * 300_000)
     (project / "assets" / "small.bin").write_bytes(b"\1" * 1_000)
@@ -129,15 +148,24 @@ def test_ignored_and_never_packaged_files_stay_out(project: Path, tmp_path: Path
     )
     files = set(build_package(project / "train.py", tmp_path).manifest.file_map())
     assert "configs/a.yaml" in files
-    assert not files & {"configs/secret.yaml", "weights/model.pt", ".venv/lib/x.yaml", "data/raw/meta.yaml"}
+    assert not files & {
+        "configs/secret.yaml",
+        "weights/model.pt",
+        ".venv/lib/x.yaml",
+        "data/raw/meta.yaml",
+    }
     assert not any("__pycache__" in f for f in files)
 
 
-def test_requirements_come_from_requirements_txt_then_pyproject_then_imports(project: Path, tmp_path: Path) -> None:
+def test_requirements_come_from_requirements_txt_then_pyproject_then_imports(
+    project: Path, tmp_path: Path
+) -> None:
     m = build_package(project / "train.py", tmp_path).manifest
     assert m.requirements_source == "imports"
     assert {r.split("==")[0].lower() for r in m.requirements} == {"torch", "numpy"}
-    (project / "pyproject.toml").write_text('[project]\nname = "demo"\ndependencies = ["torch>=2", "rich"]\n')
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\ndependencies = ["torch>=2", "rich"]\n'
+    )
     m = build_package(project / "train.py", tmp_path).manifest
     assert (m.requirements_source, m.requirements) == ("pyproject.toml", ["torch>=2", "rich"])
     (project / "requirements.txt").write_text("# pinned\ntorch==2.1  # cpu\n\nnumpy\n")
