@@ -1,0 +1,388 @@
+"""Getting chunks onto local disk before they are read: the remote chunk cache and checksum marks.
+
+Remote stores (S3, GCS, a Bench server, tensorstore ``memory``/``file``) have no local path, so
+chunks are downloaded ahead of use into ``<cache dir>/chunks/<store hash>/<sha256>.bkc``:
+
+- **Atomic and shared.** A download goes to a temporary file, is checked against the index's
+  sha256 while it is written, and is renamed into place; a per-chunk file lock makes the ranks
+  and workers of one machine download each chunk once. A file in the cache is therefore always
+  whole and verified (its name is its checksum).
+- **Bounded.** Before a download, least-recently-used chunks are evicted until the new one fits
+  under ``cache_limit`` (setting, default 20GB). A chunk that a reader has open holds a shared
+  ``flock`` on it, and eviction skips it: a chunk in use is never evicted.
+- **Ahead of use.** :class:`Prefetcher` prepares the next chunks of the plan on a few threads,
+  a bounded number of chunks ahead of the reading position.
+
+Local-directory stores are read in place (memory-mapped), never copied. Their chunks are
+checked the first time they are opened; :class:`VerifiedMarks` remembers a good check per
+machine (by path, size, mtime and inode), so DataLoader workers and later epochs do not hash the
+same unchanged file again, while any write to it (new mtime, size or inode) forces a new check.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from benchkit.errors import CorruptChunk, DataError
+from benchkit.store.base import Store, fsync_dir
+
+__all__ = [
+    "ChunkCache",
+    "Prefetcher",
+    "VerifiedMarks",
+    "cache_limit_bytes",
+    "pin",
+]
+
+log = logging.getLogger(__name__)
+
+CHUNK_SUFFIX = ".bkc"
+_DOWNLOAD_BLOCK = 8 * 1024 * 1024
+
+
+def cache_limit_bytes(value: str | int | None = None) -> int:
+    """The cache size limit in bytes: ``value``, else the ``cache_limit`` setting (``"20GB"``)."""
+    from benchkit.data.declare import parse_bytes
+
+    if value is None:
+        from benchkit.settings import load_settings
+
+        value = load_settings().get("cache_limit") or "20GB"
+    return parse_bytes(value)
+
+
+def _cache_base() -> Path:
+    from benchkit.settings import get_paths
+
+    return get_paths().cache
+
+
+def pin(path: Path) -> int:
+    """Open ``path`` and hold a shared lock on it (evictors skip it) until the fd is closed.
+
+    Raises ``FileNotFoundError`` if the file is gone or was replaced while locking.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise FileNotFoundError(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class ChunkCache:
+    """Verified chunk files of one remote store on local disk, LRU-evicted under a size limit."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        limit: str | int | None = None,
+    ) -> None:
+        self.store = store
+        tag = hashlib.sha256(store.url.encode()).hexdigest()[:16]
+        self.root = Path(root) if root is not None else _cache_base() / "chunks" / tag
+        self.limit = cache_limit_bytes(limit)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def path(self, sha256: str) -> Path:
+        """Where the chunk with this checksum lives in the cache (it may not be there yet)."""
+        return self.root / f"{sha256}{CHUNK_SUFFIX}"
+
+    def error_path(self, sha256: str) -> Path:
+        return self.root / f".{sha256}.error"
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def usage(self) -> int:
+        """Bytes of chunks in the cache now."""
+        total = 0
+        for p in self._chunks():
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def _chunks(self) -> list[Path]:
+        try:
+            return [p for p in self.root.iterdir() if p.suffix == CHUNK_SUFFIX and not p.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def touch(self, sha256: str) -> None:
+        """Mark a chunk as just used (LRU order is by modification time)."""
+        try:
+            os.utime(self.path(sha256))
+        except OSError:
+            pass
+
+    def fetch(self, key: str, sha256: str, size: int, label: str) -> Path:
+        """The cached path of ``key``, downloading and verifying it first if it is absent.
+
+        Safe to call from many threads and processes at once: one downloads, the others wait.
+        Raises :class:`CorruptChunk` (naming ``label``) if the store's bytes fail the checksum.
+        """
+        dest = self.path(sha256)
+        if dest.is_file():
+            return dest
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f".{sha256}.lock")):
+            if dest.is_file():
+                return dest
+            self.make_room(size)
+            fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".tmp", dir=self.root)
+            try:
+                digest = hashlib.sha256()
+                n = 0
+                with os.fdopen(fd, "wb") as out:
+                    for block in self.store.iter_blocks(key, _DOWNLOAD_BLOCK):
+                        digest.update(block)
+                        out.write(block)
+                        n += len(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if n != size or digest.hexdigest() != sha256:
+                    raise CorruptChunk(
+                        f"corrupt chunk {label}: the store holds {n} bytes with sha256 "
+                        f"{digest.hexdigest()[:16]}..., the index says {size} bytes and "
+                        f"{sha256[:16]}.... Re-run `python -m benchkit migrate data --upload` "
+                        "for this dataset"
+                    )
+                os.replace(tmp, dest)
+                fsync_dir(self.root)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        log.debug("cached %s (%d bytes) as %s", key, size, dest)
+        return dest
+
+    def make_room(self, needed: int) -> None:
+        """Evict least-recently-used chunks nobody has open until ``needed`` more bytes fit."""
+        with FileLock(str(self.root / ".evict.lock")):
+            entries = []
+            for p in self._chunks():
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((st.st_mtime_ns, p, st.st_size))
+            used = sum(e[2] for e in entries)
+            if used + needed <= self.limit:
+                return
+            for _, p, size in sorted(entries, key=lambda e: e[0]):
+                if used + needed <= self.limit:
+                    break
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except FileNotFoundError:
+                    used -= size
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # in use by a reader
+                try:
+                    p.unlink()
+                    used -= size
+                    log.debug("evicted %s (%d bytes) from the chunk cache", p.name, size)
+                finally:
+                    os.close(fd)
+            if used + needed > self.limit:
+                log.warning(
+                    "chunk cache %s: %d MB in use exceeds cache_limit (%d MB); the chunks being "
+                    "read are never evicted. Raise cache_limit (`benchkit config set cache_limit 40GB`)",
+                    self.root,
+                    (used + needed) // 10**6,
+                    self.limit // 10**6,
+                )
+
+    # --- errors seen by a downloader, for readers in other processes ------------------------
+
+    def record_error(self, sha256: str, session: str, message: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{sha256}.{os.getpid()}.errtmp"
+        tmp.write_text(f"{session}\n{message}")
+        os.replace(tmp, self.error_path(sha256))
+
+    def read_error(self, sha256: str, session: str) -> str | None:
+        try:
+            text = self.error_path(sha256).read_text()
+        except OSError:
+            return None
+        sess, _, message = text.partition("\n")
+        return message if sess == session else None
+
+    def wait_for(
+        self,
+        sha256: str,
+        label: str,
+        session: str,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> Path:
+        """Wait until another process (the loader's prefetcher) has put the chunk in the cache."""
+        dest = self.path(sha256)
+        delay, waited, warned = 0.002, 0.0, False
+        while not dest.is_file():
+            message = self.read_error(sha256, session)
+            if message is not None:
+                raise CorruptChunk(message) if message.startswith("corrupt") else DataError(message)
+            if not alive():
+                raise DataError(f"chunk {label}: the process fetching it is gone")
+            time.sleep(delay)
+            waited += delay
+            delay = min(0.05, delay * 2)
+            if waited > 60 and not warned:
+                log.warning("still waiting for chunk %s to be downloaded after 60 s", label)
+                warned = True
+        return dest
+
+
+class VerifiedMarks:
+    """Per-machine record of chunk files whose checksum was verified, keyed by file identity."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else _cache_base() / "verified"
+        self._seen: set[tuple[str, str, int, int, int]] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "_seen": set()}
+
+    def _marker(self, path: Path) -> Path:
+        return self.root / hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:40]
+
+    @staticmethod
+    def _ident(sha256: str, st: os.stat_result) -> str:
+        return f"{sha256} {st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_dev}"
+
+    def is_verified(self, path: Path, sha256: str, st: os.stat_result) -> bool:
+        if (str(path), sha256, st.st_size, st.st_mtime_ns, st.st_ino) in self._seen:
+            return True
+        try:
+            return self._marker(path).read_text() == self._ident(sha256, st)
+        except OSError:
+            return False
+
+    def mark(self, path: Path, sha256: str, st: os.stat_result) -> None:
+        self._seen.add((str(path), sha256, st.st_size, st.st_mtime_ns, st.st_ino))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker = self._marker(path)
+            tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_text(self._ident(sha256, st))
+            os.replace(tmp, marker)
+        except OSError as e:  # a read-only cache only costs re-checking
+            log.debug("cannot record checksum mark for %s: %s", path, e)
+
+    def open_verified(self, path: Path, sha256: str, label: str) -> Any:
+        """A :class:`~benchkit.data.format.ChunkReader` on ``path``, checked unless already known good."""
+        from benchkit.data.format import ChunkReader
+
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as e:
+            raise CorruptChunk(f"chunk {label}: file {path} is missing") from e
+        if self.is_verified(path, sha256, st):
+            return ChunkReader(path, label=label)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # one process checks a file at a time; the others then find the mark
+        with FileLock(str(self._marker(path)) + ".lock"):
+            if self.is_verified(path, sha256, st):
+                return ChunkReader(path, label=label)
+            reader = ChunkReader(path, expected_sha256=sha256, label=label)
+            self.mark(path, sha256, st)
+            return reader
+
+
+class Prefetcher:
+    """Prepares chunks (download, or checksum) on background threads, ahead of the reader.
+
+    ``order`` lists chunk ids with the plan position where each is first needed, in plan
+    order; ``prepare(chunk)`` does the work. At most ``depth`` chunks beyond the reading
+    position (set with :meth:`advance`) are prepared ahead.
+    """
+
+    def __init__(
+        self,
+        prepare: Callable[[int], Any],
+        order: Sequence[tuple[int, int]],
+        *,
+        depth: int = 8,
+        threads: int = 4,
+        on_error: Callable[[int, BaseException], None] | None = None,
+    ) -> None:
+        self._prepare = prepare
+        self._order = list(order)
+        self._positions = [p for p, _ in self._order]
+        self._depth = max(1, depth)
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="benchkit-prefetch")
+        self._futures: dict[int, Future] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._on_error = on_error
+        self._closed = False
+        self.advance(0)
+
+    def advance(self, position: int) -> None:
+        """The reader is at plan ``position``: start the chunks it will need soon."""
+        with self._lock:
+            if self._closed:
+                return
+            # entries are in plan order: those past `position` that are already started
+            started = max(0, self._next - bisect.bisect_right(self._positions, position))
+            while self._next < len(self._order) and (
+                self._order[self._next][0] <= position or started < self._depth
+            ):
+                chunk = self._order[self._next][1]
+                if chunk not in self._futures:
+                    fut = self._pool.submit(self._run, chunk)
+                    self._futures[chunk] = fut
+                if self._order[self._next][0] > position:
+                    started += 1
+                self._next += 1
+
+    def _run(self, chunk: int) -> Any:
+        try:
+            return self._prepare(chunk)
+        except BaseException as e:
+            if self._on_error is not None:
+                self._on_error(chunk, e)
+            raise
+
+    def get(self, chunk: int) -> Any:
+        """The result of preparing ``chunk`` (preparing it now if it was not started)."""
+        with self._lock:
+            fut = self._futures.get(chunk)
+            if fut is None and not self._closed:
+                fut = self._futures[chunk] = self._pool.submit(self._run, chunk)
+        if fut is None:
+            return self._prepare(chunk)
+        return fut.result()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for fut in self._futures.values():
+                fut.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)

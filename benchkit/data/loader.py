@@ -1,0 +1,143 @@
+"""A DataLoader that can say exactly where it stands: :class:`StreamingDataLoader`.
+
+With ``num_workers > 0`` a ``DataLoader`` over an iterable dataset hands out its workers'
+batches round-robin, in order. The dataset's plan gives worker ``w`` the rank's batch-sized
+blocks ``w, w + K, ...``, so the batches the training loop receives are the rank's samples in
+plan order; the number of batches received is therefore the whole state, whatever the
+workers had prefetched. ``load_state_dict`` turns it back into a start position of the global
+order, and the next iteration re-plans the rest over the workers.
+
+Accelerate: ``Accelerator.prepare()`` would wrap an iterable dataset's loader again (shard it a
+second time, or dispatch batches from rank 0). The dataset is already sharded by rank, so this
+loader marks itself as prepared: ``prepare()`` returns it unchanged and registers it, and
+``accelerator.save_state()``/``load_state()`` save and restore its ``state_dict`` (it declares
+``use_stateful_dataloader``). Batches go to ``device`` when one is set
+(``loader.device = accelerator.device``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from benchkit.data.plan import samples_per_rank
+from benchkit.data.stream import IterableChunk
+from benchkit.errors import DataError
+
+__all__ = ["StreamingDataLoader"]
+
+log = logging.getLogger(__name__)
+
+
+class StreamingDataLoader(DataLoader):
+    """A ``torch.utils.data.DataLoader`` over an :class:`IterableChunk` with exact mid-epoch resume."""
+
+    # accelerate: pass this loader through prepare() untouched (it is already sharded by rank),
+    # and save/load its state_dict in save_state()/load_state()
+    _is_accelerate_prepared = True
+    use_stateful_dataloader = True
+
+    def __init__(
+        self,
+        dataset: IterableChunk,
+        batch_size: int | None = 1,
+        num_workers: int = 0,
+        *,
+        device: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(dataset, IterableChunk):
+            raise DataError(
+                f"StreamingDataLoader needs a benchkit IterableChunk (from bench.open_dataset), "
+                f"got {type(dataset).__name__}"
+            )
+        if kwargs.get("shuffle"):
+            raise DataError(
+                "StreamingDataLoader: shuffle is a property of the dataset; use "
+                "bench.open_dataset(name, shuffle=True, seed=...)"
+            )
+        kwargs.pop("shuffle", None)
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        self.device = device
+        self._session = uuid.uuid4().hex
+        # (epoch, start) of the pass in progress and the rank samples it has delivered
+        self._active: tuple[int, int] | None = None
+        self._delivered = 0
+
+    @property
+    def _ds(self) -> IterableChunk:
+        return self.dataset  # type: ignore[return-value]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch of the next pass (see :meth:`IterableChunk.set_epoch`)."""
+        self._ds.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        ds = self._ds
+        ds._block = self.batch_size or 1
+        index = ds.index  # read it before the workers start, so they inherit it
+        _, world = ds.topology()
+        epoch, start = ds.epoch, ds._start
+        per_rank = samples_per_rank(index.num_samples, start, world, ds.drop_last)
+        step = self.batch_size or 1
+        prefetcher = None
+        if self.num_workers > 0 and index.chunks:
+            if not ds._is_local():
+                ds._session = self._session
+            prefetcher = self._start_prefetch(ds, epoch, start)
+        lookahead = (self.prefetch_factor or 2) * max(1, self.num_workers) * step * world
+        self._active, self._delivered = (epoch, start), 0
+        finished = False
+        try:
+            for batch in super().__iter__():
+                self._delivered = min(per_rank, self._delivered + step)
+                if prefetcher is not None:
+                    prefetcher.advance(start + self._delivered * world + lookahead)
+                if self.device is not None:
+                    from accelerate.utils import send_to_device
+
+                    batch = send_to_device(batch, self.device)
+                yield batch
+            finished = True
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
+            if finished:
+                self._active = None
+                if ds.epoch == epoch and ds._start == start:
+                    ds._shared[0] = epoch + 1
+                    ds._shared[1] = 0
+
+    def _start_prefetch(self, ds: IterableChunk, epoch: int, start: int) -> Any:
+        order = ds._order(epoch)
+        prefetcher = ds._make_prefetcher(order, start)
+        if prefetcher is None or ds._is_local():
+            return prefetcher
+        cache = ds._get_cache()
+        session = self._session
+
+        def record(chunk: int, error: BaseException) -> None:
+            cache.record_error(ds.index.chunks[chunk].sha256, session, str(error))
+
+        prefetcher._on_error = record
+        return prefetcher
+
+    def state_dict(self) -> dict[str, Any]:
+        """The dataset's position after the batches this loader has delivered (every worker's)."""
+        ds = self._ds
+        if self._active is None:
+            return ds._state(ds.epoch, ds._start)
+        epoch, start = self._active
+        _, world = ds.topology()
+        return ds._state(epoch, min(ds.num_samples, start + self._delivered * world))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next pass yields exactly the batches that were left."""
+        if isinstance(state, dict) and "dataset" in state and isinstance(state["dataset"], dict):
+            state = state["dataset"]  # a wrapped state
+        self._ds.load_state_dict(state)
+        self._active, self._delivered = None, 0
