@@ -13,3 +13,121 @@ def isolated_home(tmp_path_factory, monkeypatch):
     for var in ("BENCHKIT_STORE", "BENCHKIT_PROJECT", "BENCHKIT_CACHE_LIMIT", "BENCHKIT_S3_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+# --- stores ------------------------------------------------------------------------------------
+# Shared by the store contract suite and the data tests: a real S3 endpoint (moto_server in its
+# own process on 127.0.0.1) and a `store_url` fixture parametrized over every backend.
+
+STORE_BACKENDS = ("local", "memory", "tensorstore-file", "s3")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """A moto S3 server on a free port of 127.0.0.1, for the whole session; yields its endpoint.
+
+    Runs ``python -m moto.server`` in its own process (so objects it holds do not count in the
+    test process), sets dummy ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION`` for
+    the session (tensorstore and subprocesses read them) and stops the server at the end.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"moto_server did not answer on {endpoint} within 60 s; see {log.name}"
+                    )
+                time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_REGION", "us-east-1")
+            for var in (
+                "AWS_PROFILE",
+                "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3",
+                "AWS_SESSION_TOKEN",
+            ):
+                mp.delenv(var, raising=False)
+            yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def s3_bucket(moto_server):
+    """A fresh, empty bucket on the moto server; yields its name."""
+    import uuid
+
+    import boto3
+
+    name = f"bk-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_store_url(moto_server, s3_bucket):
+    """``s3://<fresh bucket>/prefix?endpoint=http://127.0.0.1:PORT&region=us-east-1``.
+
+    The endpoint travels in the URL's query (not in environment variables), so the URL alone
+    opens the store, in subprocesses too; the dummy credentials come from the environment set by
+    ``moto_server``.
+    """
+    return f"s3://{s3_bucket}/prefix?endpoint={moto_server}&region=us-east-1"
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        "memory",
+        "tensorstore-file",
+        pytest.param("s3", marks=pytest.mark.s3),
+    ]
+)
+def store_url(request, tmp_path):
+    """A URL for an empty store of each backend in turn: a local directory, ``memory://``
+    (a fresh name), ``tensorstore+file://`` and S3 on moto (a fresh bucket)."""
+    import uuid
+
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex[:12]}"
+    if request.param == "tensorstore-file":
+        return f"tensorstore+file://{tmp_path / 'ts-store'}"
+    return request.getfixturevalue("s3_store_url")

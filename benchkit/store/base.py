@@ -164,7 +164,7 @@ class Store(ABC):
             self.delete(key)
         return len(keys)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or threads the backend holds."""
 
     def __repr__(self) -> str:

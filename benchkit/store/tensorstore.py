@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import uuid
 from collections import deque
@@ -86,10 +87,11 @@ log = logging.getLogger(__name__)
 
 #: First bytes of a manifest object (NUL first, so no text file starts with it by accident).
 MAGIC = b"\x00BENCHKIT-PARTS/1\n"
-#: Parts written concurrently by ``put``/``put_file`` (each costs about 3x ``part_size``).
-WRITE_AHEAD = 2
-#: Parts read ahead by ``iter_blocks``/``get_file``.
-READ_AHEAD = 1
+#: Parts in flight while ``put``/``put_file`` reads the next one (each costs about 2x ``part_size``).
+WRITE_AHEAD = 0
+#: ``iter_blocks``/``get_file`` read parts as ranges of this size, this many in flight.
+READ_BLOCK = 8 * 1024 * 1024
+READ_AHEAD = 4
 DEFAULT_RETRIES = 3
 
 # tensorstore aborts a forked child that touches it once its threads started in the parent;
@@ -114,6 +116,17 @@ def _key_successor(prefix: bytes) -> bytes:
 def _prefix_range(prefix: str) -> Any:
     raw = prefix.encode()
     return ts.KvStore.KeyRange(raw, _key_successor(raw))
+
+
+def _split(data: bytes, block_size: int) -> Iterator[bytes]:
+    """``data`` in blocks of at most ``block_size`` bytes, without a copy when it fits in one."""
+    if len(data) <= block_size:
+        if data:
+            yield data
+        return
+    view = memoryview(data)
+    for i in range(0, len(view), block_size):
+        yield view[i : i + block_size].tobytes()
 
 
 def _parts_dir(key: str) -> str:
@@ -433,13 +446,13 @@ class TensorStoreStore(Store):
         try:
             for i, block in enumerate(blocks):
                 part = f"{upload}{i:06d}"
-                if len(pending) >= WRITE_AHEAD:
-                    pk, fut = pending.popleft()
-                    self._wait(fut, pk, "write part")
                 pending.append((part, kv.write(part, block)))
                 parts.append([part, len(block)])
                 total += len(block)
-                del block
+                del block  # tensorstore holds what it needs; the next read must not add a copy
+                while len(pending) > WRITE_AHEAD:
+                    pk, fut = pending.popleft()
+                    self._wait(fut, pk, "write part")
             while pending:
                 pk, fut = pending.popleft()
                 self._wait(fut, pk, "write part")
@@ -478,9 +491,10 @@ class TensorStoreStore(Store):
         except OSError as e:
             raise StoreError(f"cannot upload {path} to '{key}' in {self.url}: {e}") from e
         with f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
             old = self._old_upload(key)
-            if size <= self.part_size:
+            # pipes and devices report no size: stream them as parts too
+            if stat.S_ISREG(st.st_mode) and st.st_size <= self.part_size:
                 data = f.read()
                 if not data.startswith(MAGIC):
                     self._commit(key, data, old)
@@ -488,14 +502,8 @@ class TensorStoreStore(Store):
                 f.seek(0)
                 del data
 
-            def blocks() -> Iterator[bytes]:
-                while True:
-                    block = f.read(self.part_size)
-                    if not block:
-                        return
-                    yield block
-
-            manifest, upload = self._write_parts(key, blocks())
+            blocks = iter(lambda: f.read(self.part_size), b"")
+            manifest, upload = self._write_parts(key, blocks)
             self._commit(key, manifest, old, keep=upload)
 
     # --- reading -----------------------------------------------------------------------------
@@ -559,29 +567,29 @@ class TensorStoreStore(Store):
             raise ValueError("block_size must be positive")
         value, man = self._head(key)
         if man is None:
-            if value is None:
-                value = self.get(key)
-            view = memoryview(value)
-            for i in range(0, len(view), block_size):
-                yield view[i : i + block_size].tobytes()
+            yield from _split(self.get(key) if value is None else value, block_size)
             return
-        parts = man["parts"]
+        # parts are read as ranges of at most READ_BLOCK bytes, a few in flight: memory does
+        # not depend on the part size, and S3 serves the ranges in parallel
+        step = min(block_size, READ_BLOCK)
+        ranges = (
+            (part, lo, min(n, lo + step)) for part, n in man["parts"] for lo in range(0, n, step)
+        )
         pending: deque[tuple[str, Any]] = deque()
-        nxt = 0
-        while nxt < len(parts) or pending:
-            while nxt < len(parts) and len(pending) <= READ_AHEAD:
-                pending.append((parts[nxt][0], self._read_part(key, parts[nxt][0])))
-                nxt += 1
-            part, fut = pending.popleft()
-            data = self._part_value(key, part, fut)
-            view = memoryview(data)
-            for i in range(0, len(view), block_size):
-                yield view[i : i + block_size].tobytes()
-            del view, data
+        for part, lo, hi in ranges:
+            if len(pending) >= READ_AHEAD:
+                yield from self._drain(key, pending.popleft(), block_size)
+            pending.append((part, self._read_part(key, part, slice(lo, hi))))
+        while pending:
+            yield from self._drain(key, pending.popleft(), block_size)
+
+    def _drain(self, key: str, item: tuple[str, Any], block_size: int) -> Iterator[bytes]:
+        part, fut = item
+        yield from _split(self._part_value(key, part, fut), block_size)
 
     def get_file(self, key: str, dest: str | os.PathLike[str]) -> Path:
         dest = Path(dest)
-        blocks = iter(self.iter_blocks(key, self.part_size))
+        blocks = iter(self.iter_blocks(key, READ_BLOCK))
         first = next(blocks, b"")  # fails before dest is touched if the key is missing
         with atomic_file(dest) as out:
             out.write(first)
