@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,10 +164,19 @@ def is_virtualenv(path: Path) -> bool:
 class ProjectFiles:
     """Answers "may this file be packaged?" for paths under a project root."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], exclude_dirs: Iterable[str | os.PathLike[str]] = ()
+    ) -> None:
+        """``exclude_dirs``: more directories never packaged (e.g. a local store inside the project)."""
         self.root = Path(root).resolve()
         self._rules: dict[str, list[Rule]] = {}
         self._dir_verdict: dict[str, str | None] = {}
+        self._extra: set[str] = set()
+        for d in exclude_dirs:
+            try:
+                self._extra.add(Path(d).resolve().relative_to(self.root).as_posix())
+            except ValueError:
+                continue  # outside the project: nothing to leave out
 
     def rules_in(self, rel_dir: str) -> list[Rule]:
         """The rules of the rule files in one directory (relative posix path, "" for the root)."""
@@ -209,6 +219,8 @@ class ProjectFiles:
         if reason is None:
             if name in NEVER_DIRS:
                 reason = f"{name}/ is never packaged"
+            elif rel_dir in self._extra:
+                reason = f"{rel_dir}/ holds BenchKit data (a store), not code"
             elif is_virtualenv(self.root / rel_dir):
                 reason = f"{rel_dir}/ is a virtual environment"
             else:

@@ -25,6 +25,7 @@ import platform
 import re
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from benchkit.code.ignore import ProjectFiles, glob_matcher
 from benchkit.code.imports import distributions_for, scan_imports
 from benchkit.errors import CodePackageError, ConfigError, ObjectNotFound
 from benchkit.settings import PROJECT_FILE, find_project_file
-from benchkit.store import Store, open_store
+from benchkit.store import LocalStore, Store, open_store
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -229,8 +230,13 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def collect_files(module: Path, root: Path | None = None) -> tuple[Path, str, list[str], list[str]]:
-    """Choose the files of a package: (root, entry point, files, third-party import names)."""
+def collect_files(
+    module: Path, root: Path | None = None, exclude_dirs: Iterable[str | os.PathLike[str]] = ()
+) -> tuple[Path, str, list[str], list[str]]:
+    """Choose the files of a package: (root, entry point, files, third-party import names).
+
+    ``exclude_dirs`` are left out on top of the ignore rules (a local store inside the project).
+    """
     module = Path(module).expanduser().resolve()
     if not module.is_file():
         raise CodePackageError(
@@ -240,7 +246,7 @@ def collect_files(module: Path, root: Path | None = None) -> tuple[Path, str, li
         raise CodePackageError(f"{module} is not a Python file (.py)")
     root = Path(root).resolve() if root else project_root_for(module)
     entry = module.relative_to(root).as_posix()
-    rules = ProjectFiles(root)
+    rules = ProjectFiles(root, exclude_dirs)
     reason = rules.excluded(entry)
     if reason:
         raise CodePackageError(f"the entry module {entry} cannot be packaged: {reason}")
@@ -293,9 +299,12 @@ def build_package(
     *,
     root: str | os.PathLike[str] | None = None,
     max_size: int | str = DEFAULT_MAX_SIZE,
+    exclude_dirs: Iterable[str | os.PathLike[str]] = (),
 ) -> CodePackage:
     """Package ``module`` into ``workdir/code.tar.gz``; the same files give the same bytes."""
-    root_path, entry, rels, third_party = collect_files(Path(module), Path(root) if root else None)
+    root_path, entry, rels, third_party = collect_files(
+        Path(module), Path(root) if root else None, exclude_dirs
+    )
     limit = parse_size(max_size)
     stats: list[tuple[str, int, bool]] = []
     for rel in rels:
@@ -407,7 +416,9 @@ def migrate_code(
     if version is not None and version < 1:
         raise CodePackageError(f"code versions are numbered from 1, got {version}")
     with tempfile.TemporaryDirectory(prefix="benchkit-code-") as tmp:
-        pkg = build_package(module, tmp, max_size=max_size)
+        # a store directory inside the project holds data, never code
+        in_project = [store.root] if isinstance(store, LocalStore) else []
+        pkg = build_package(module, tmp, max_size=max_size, exclude_dirs=in_project)
         manifest = pkg.manifest
         existing = list_versions(store)
         same = [m for m in existing if m.archive_sha256 == manifest.archive_sha256]

@@ -180,3 +180,23 @@ def test_missing_or_non_python_entry_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(CodePackageError, match="not a Python file"):
         build_package(tmp_path / "notes.txt", tmp_path)
+
+
+def test_a_store_inside_the_project_is_never_packaged(project: Path, write) -> None:
+    from benchkit.store import LocalStore
+
+    write(
+        project,
+        {
+            "benchkit.toml": '[project]\nname = "demo"\n[code]\ninclude = ["**/*.json"]\n',
+            "cfg.json": "{}",
+        },
+    )
+    inner = LocalStore(project / "mystore")
+    inner.put_json("datasets/train/index.json", {"chunks": []})
+    result = migrate_code(project / "train.py", inner)
+    files = set(result.manifest.file_map())
+    assert "cfg.json" in files
+    assert not [f for f in files if f.startswith("mystore/")]
+    # and the version it just wrote does not change the next package
+    assert migrate_code(project / "train.py", inner).created is False
