@@ -164,8 +164,9 @@ def test_classic_manage_py_migrate_code(tmp_path: Path) -> None:
     proj = tmp_path / "classic"
     assert main(["startproject", str(proj)]) == 0
     if not (proj / "TrainScript.py").exists():  # the template's own TrainScript, else a small one
-        (proj / "TrainScript.py").write_text("import helpers\n")
-        (proj / "helpers.py").write_text("")
+        (proj / "TrainScript.py").write_text("from Datasets import ProjectDatasets\n")
+    (proj / "data" / "train").mkdir(parents=True)
+    (proj / "data" / "train" / "cat.0.jpg").write_bytes(b"raw image")
     run = subprocess.run(
         [sys.executable, "manage.py", "migrate-code", "3", "-m", "classic"],
         cwd=proj,
@@ -176,8 +177,12 @@ def test_classic_manage_py_migrate_code(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "code version 3" in run.stdout
     m = get_manifest(None, 3)  # the default store of the isolated home, as manage.py used it
+    files = m.file_map()
     assert m.entry_point == "TrainScript.py" and m.message == "classic"
-    assert "benchkit.toml" in m.file_map() and "manage.py" not in m.file_map()
+    assert "benchkit.toml" in files and "manage.py" not in files
+    if "ProjectDatasets" in (proj / "TrainScript.py").read_text():
+        assert "Datasets/ProjectDatasets.py" in files
+    assert not [f for f in files if f.startswith("data/")]
     again = subprocess.run(
         [sys.executable, "manage.py", "migrate-code"],
         cwd=proj,
