@@ -181,8 +181,27 @@ def safe_extract(
             f"({', '.join(clash[:5])}{', ...' if len(clash) > 5 else ''}); "
             "pass --force to overwrite them, or pull into another directory with --dest"
         )
-    dest.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".benchkit-pull-", dir=dest))
+    if dest.exists() and not dest.is_dir():
+        raise CodePackageError(f"cannot pull {label} into {dest}: it is a file, not a directory")
+    blocked = sorted(
+        {
+            f"{rel} ({parent.relative_to(dest)} is a file)"
+            for rel in expected
+            for parent in (dest / rel).parents
+            if dest in parent.parents and (parent.is_file() or parent.is_symlink())
+        }
+        | {f"{rel} (a directory is in the way)" for rel in expected if (dest / rel).is_dir()}
+    )
+    if blocked:
+        raise CodePackageError(
+            f"cannot pull {label} into {dest}: {', '.join(blocked[:5])}; pull into another "
+            "directory with --dest"
+        )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".benchkit-pull-", dir=dest))
+    except OSError as e:
+        raise CodePackageError(f"cannot pull {label} into {dest}: {e}") from e
     try:
         try:
             with tarfile.open(archive, mode="r:gz") as tar:

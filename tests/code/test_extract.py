@@ -171,3 +171,16 @@ def test_missing_version_and_missing_archive_are_clear_errors(stored, tmp_path: 
     with pytest.raises(CodePackageError, match="has a manifest but no archive"):
         checkout(stored, 1, tmp_path / "d")
     assert get_manifest(stored, 1).version == 1
+
+
+def test_pull_refuses_paths_blocked_by_files_or_directories(stored, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "models").write_text("a file where a package directory goes\n")
+    with pytest.raises(CodePackageError, match=r"models/__init__.py \(models is a file\)"):
+        checkout(stored, 1, dest, force=True)
+    (dest / "models").unlink()
+    (dest / "helpers.py").mkdir()
+    with pytest.raises(CodePackageError, match=r"helpers.py \(a directory is in the way\)"):
+        checkout(stored, 1, dest, force=True)
+    assert not (dest / "train.py").exists()

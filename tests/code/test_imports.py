@@ -119,7 +119,9 @@ def test_requirements_pinned_from_installed_versions() -> None:
     reqs, unknown = distributions_for(["torch", "numpy", "PIL", "surely_not_installed_pkg_xyz"])
     assert f"torch=={version('torch')}" in reqs
     assert f"numpy=={version('numpy')}" in reqs
-    assert any(r.lower().startswith("pillow==") for r in reqs)  # import name PIL, distribution pillow
+    assert any(
+        r.lower().startswith("pillow==") for r in reqs
+    )  # import name PIL, distribution pillow
     assert unknown == ["surely_not_installed_pkg_xyz"]
 
 
