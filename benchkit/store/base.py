@@ -74,6 +74,10 @@ class Store(ABC):
 
     #: The URL this store was opened with, normalised; shown in every error message.
     url: str
+    #: False when the store cannot be used in a process forked after this one used it (the
+    #: tensorstore backends): start DataLoader workers with ``multiprocessing_context="spawn"``
+    #: or ``"forkserver"`` then; the store pickles and reopens itself in the worker.
+    fork_safe: bool = True
 
     # --- writing ---------------------------------------------------------------------------
 
