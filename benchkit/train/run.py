@@ -347,14 +347,23 @@ class Run:
                     "'batch_size' to the @bench.train config"
                 )
             batch_size = int(self.config["batch_size"])
-        source = self.datasets.get(name, name)
+        decl = self.datasets.get(name)
+        declared: dict[str, Any] = {}
+        if decl is not None:  # stream it the way its declaration says
+            declared = {
+                "transform": decl.transform_fn,
+                "chunk_class": decl.chunk_class,
+                "chunk_args": decl.chunk_args,
+                "chunk_kwargs": decl.chunk_kwargs,
+            }
         ds = open_dataset(
-            source,
+            name,
             store=self.store,
             shuffle=shuffle,
             seed=self.config["seed"] if seed is None else seed,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
+            **declared,
         )
         dl = StreamingDataLoader(ds, batch_size=batch_size, num_workers=num_workers, **kwargs)
         return self._track(dl, device=self._placement_device(), name=name)
