@@ -64,4 +64,4 @@ def test_config_has_attribute_access():
     cfg.epochs = 2
     assert cfg["epochs"] == 2
     with pytest.raises(AttributeError, match="known keys: epochs, lr"):
-        cfg.momentum
+        _ = cfg.momentum
