@@ -85,9 +85,12 @@ def parse_size(text: str | int) -> int:
 
 
 def _human(n: float) -> str:
-    from benchkit.cli.common import human_bytes
-
-    return human_bytes(n)
+    """50_000_000 -> '50.0 MB' (decimal units, as --max-size reads them)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -128,6 +131,9 @@ class Manifest:
     project: str | None = None
     archive_sha256: str = ""
     archive_size: int = 0
+    #: sha256 of the embedded manifest, which lists every file's sha256: equal code gives an
+    #: equal value even where another zlib would compress the archive to other bytes
+    content_sha256: str = ""
 
     ARCHIVE_FIELDS = (
         "entry_point", "files", "requirements", "requirements_source", "python", "torch",
@@ -308,7 +314,10 @@ def build_package(
     limit = parse_size(max_size)
     stats: list[tuple[str, int, bool]] = []
     for rel in rels:
-        st = (root_path / rel).stat()
+        try:
+            st = (root_path / rel).stat()
+        except OSError as e:
+            raise CodePackageError(f"cannot read {root_path / rel} while packaging: {e}") from e
         stats.append((rel, st.st_size, bool(st.st_mode & 0o100)))
     _size_guard(root_path, [(r, s) for r, s, _ in stats], limit)
     entries = [FileEntry(rel, sha256_file(root_path / rel), size, exe) for rel, size, exe in stats]
@@ -340,6 +349,7 @@ def build_package(
         {EMBEDDED_MANIFEST: manifest.archive_bytes()},
     )
     manifest.archive_sha256 = sha256_file(archive)
+    manifest.content_sha256 = hashlib.sha256(manifest.archive_bytes()).hexdigest()
     manifest.archive_size = archive.stat().st_size
     return CodePackage(root_path, archive, manifest)
 
@@ -421,7 +431,12 @@ def migrate_code(
         pkg = build_package(module, tmp, max_size=max_size, exclude_dirs=in_project)
         manifest = pkg.manifest
         existing = list_versions(store)
-        same = [m for m in existing if m.archive_sha256 == manifest.archive_sha256]
+        same = [
+            m
+            for m in existing
+            if m.archive_sha256 == manifest.archive_sha256
+            or (m.content_sha256 and m.content_sha256 == manifest.content_sha256)
+        ]
         if same and not force:
             held = same[0]
             return MigrateResult(held.version or 0, False, held)

@@ -200,3 +200,20 @@ def test_a_store_inside_the_project_is_never_packaged(project: Path, write) -> N
     assert not [f for f in files if f.startswith("mystore/")]
     # and the version it just wrote does not change the next package
     assert migrate_code(project / "train.py", inner).created is False
+
+
+def test_same_code_compressed_by_another_zlib_is_still_recognised(project: Path, store) -> None:
+    import hashlib
+
+    migrate_code(project / "train.py", store)
+    # recompress the stored archive differently (as another zlib build might): other bytes,
+    # same files; the version must still be found by its content and still pull cleanly
+    path = store.local_path(archive_key(1))
+    other = gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=0)
+    assert other != path.read_bytes()
+    store.put(archive_key(1), other)
+    m = store.get_json(manifest_key(1))
+    m["archive_sha256"] = hashlib.sha256(other).hexdigest()
+    store.put_json(manifest_key(1), m)
+    again = migrate_code(project / "train.py", store)
+    assert (again.version, again.created) == (1, False)
