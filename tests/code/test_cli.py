@@ -191,3 +191,17 @@ def test_classic_manage_py_migrate_code(tmp_path: Path) -> None:
         timeout=120,
     )
     assert again.returncode == 0 and "code version 3 already holds this code" in again.stdout
+
+
+def test_versions_alone_lists_and_del_vs_without_number_asks(two_versions: str, capsys) -> None:
+    assert main(["versions", "--store", two_versions]) == 0
+    assert "second" in capsys.readouterr().out
+    # the original's del-vs asked which version; without a terminal it says how to name one
+    assert main(["del-vs", "--store", two_versions]) == 1
+    assert "versions delete N --yes" in capsys.readouterr().err
+
+
+def test_pull_defaults_to_code_v_n_here(two_versions: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["versions", "pull", "2", "--store", two_versions]) == 0
+    assert (tmp_path / "code-v2" / "extra.py").is_file()
