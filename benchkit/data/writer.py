@@ -82,6 +82,19 @@ def _write_task(directory: str, k: int, items: list[tuple[int, list[bytes | File
     return k, name, len(records), size, sha
 
 
+def _worker_init(parent: int) -> None:
+    """Exit when the main process is gone (a killed migration must not leave idle workers)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="benchkit-parent-watch", daemon=True).start()
+
+
 class _Progress:
     """A rich progress bar with samples/s and MB/s, or nothing."""
 
@@ -196,7 +209,12 @@ def chunk_samples(
                 results[k] = (fname, n, size, sha)
                 bar.advance(n, size)
                 return
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
+            )
         while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)
@@ -267,7 +285,8 @@ def chunk_samples(
         _publish(work, final)
     except BaseException:
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # let running tasks finish (at most one chunk per worker) so none writes after the cleanup
+            pool.shutdown(wait=True, cancel_futures=True)
             pool = None
         _remove(work)
         raise
