@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchkit.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 RULE_FILES = (".gitignore", ".benchkitignore")
@@ -267,8 +269,12 @@ class ProjectFiles:
 
 
 def glob_matcher(pattern: str) -> re.Pattern[str]:
-    """A regex for one ``include`` pattern (gitignore glob syntax, relative to the root)."""
-    [rule] = parse_rules(pattern) or [None]  # type: ignore[list-item]
-    if rule is None:
-        raise ValueError(f"empty include pattern {pattern!r}")
-    return rule.regex
+    """A regex for one ``include`` pattern (gitignore glob syntax, relative to the root); a
+    pattern naming a directory takes everything inside it."""
+    rules = parse_rules(pattern)
+    if len(rules) != 1 or rules[0].negate:
+        raise ConfigError(
+            f"invalid [code] include pattern {pattern!r}: give one glob such as "
+            "'configs/*.yaml' or 'assets/' (leave files out with .benchkitignore)"
+        )
+    return re.compile(f"(?:{rules[0].regex.pattern})(?:/.*)?", re.DOTALL)

@@ -127,3 +127,17 @@ def test_never_packaged_whatever_the_rules_say(tmp_path: Path, write) -> None:
         "data/loader.py",
         "ok.py",
     ]
+
+
+def test_include_patterns(tmp_path: Path) -> None:
+    from benchkit.code.ignore import glob_matcher
+    from benchkit.errors import ConfigError
+
+    assert glob_matcher("assets/").fullmatch("assets/img/a.png")
+    assert glob_matcher("*.yaml").fullmatch("configs/deep/a.yaml")
+    assert glob_matcher("/top.yaml").fullmatch("top.yaml")
+    assert not glob_matcher("/top.yaml").fullmatch("sub/top.yaml")
+    assert not glob_matcher("configs/*.yaml").fullmatch("configs/a.json")
+    for bad in ("!x.py", "", "# only a comment"):
+        with pytest.raises(ConfigError, match="include pattern"):
+            glob_matcher(bad)
