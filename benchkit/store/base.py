@@ -192,8 +192,17 @@ class atomic_file:
         self._f: BinaryIO | None = None
 
     def __enter__(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        for attempt in range(3):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, self._tmp = tempfile.mkstemp(
+                    prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+                )
+                break
+            except FileNotFoundError:
+                # a concurrent delete pruned the (then empty) directory: make it again
+                if attempt == 2:
+                    raise
         os.fchmod(fd, self.mode)
         self._f = os.fdopen(fd, "wb")
         return self._f

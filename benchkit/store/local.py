@@ -49,25 +49,36 @@ class LocalStore(Store):
             return self.not_found(key, "(that key is a prefix of other keys, not an object)")
         return StoreError(f"store {self.url}: '{key}': {e}")
 
+    def _wrap_write(self, key: str, e: OSError) -> Exception:
+        if isinstance(e, (NotADirectoryError, FileExistsError, IsADirectoryError)):
+            # a directory store cannot hold both 'a' and 'a/b'
+            return StoreError(
+                f"cannot write '{key}' to store {self.url}: a key on its path is an object, or the "
+                "key is a prefix of other keys; a directory store cannot hold both 'a' and 'a/b'"
+            )
+        return self._wrap(key, e)
+
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(key)
         try:
             with atomic_file(path) as f:
                 f.write(data)
         except OSError as e:
-            raise self._wrap(key, e) from e
+            raise self._wrap_write(key, e) from e
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         dest = self._path(key)
         try:
-            with open(path, "rb") as src, atomic_file(dest) as out:
-                shutil.copyfileobj(src, out, COPY_BUFFER)
+            src = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError as e:
-            if not os.path.exists(path):
-                raise StoreError(f"cannot upload {path} to '{key}': the file does not exist") from e
-            raise self._wrap(key, e) from e
+            raise StoreError(f"cannot upload {path} to '{key}': the file does not exist") from e
         except OSError as e:
-            raise self._wrap(key, e) from e
+            raise StoreError(f"cannot upload {path} to '{key}' in store {self.url}: {e}") from e
+        try:
+            with src, atomic_file(dest) as out:
+                shutil.copyfileobj(src, out, COPY_BUFFER)
+        except OSError as e:
+            raise self._wrap_write(key, e) from e
 
     def get(self, key: str) -> bytes:
         try:
