@@ -128,7 +128,7 @@ def check_dataset(decl: Any, *, project_root: str | os.PathLike[str] | None = No
             decl.apply_transform(first[0])
         except Exception as e:
             raise DataError(
-                f"dataset '{name}': the transform {getattr(decl.transform_fn, '__qualname__', '')} "
+                f"dataset '{name}': the transform {getattr(decl.transform_fn, '__name__', '')} "
                 f"failed on sample 0: {type(e).__name__}: {e}"
             ) from e
         finally:
@@ -332,6 +332,7 @@ def ensure_migrated(decl: Any, store: Store | str | None,
         f"[yellow]dataset '{decl.name}' is not in store {store.url}: migrating it now "
         f"(chunk + upload; `python -m benchkit migrate data` does this ahead of time)[/yellow]",
         highlight=False,
+        soft_wrap=True,
     )
     interactive = console.is_terminal
     chunk(decl, progress=interactive, project_root=root)
