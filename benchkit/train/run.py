@@ -469,6 +469,8 @@ class Run:
         )
         if self.is_main_process:
             self.tracker.message(f"checkpoint {name} saved")
+            # what was logged up to a checkpoint survives a hard kill, like the checkpoint
+            self.tracker.flush()
         return name
 
     def load_checkpoint(self, name: str, run_id: str | None = None) -> dict[str, Any]:

@@ -59,12 +59,15 @@ def cli(capsys):
     return run
 
 
-def benchkit_subprocess(
-    *args: str, cwd: Path, timeout: float = 240, **kw
-) -> subprocess.CompletedProcess:
-    """``python -m benchkit ARGS`` in a new process (environment inherited)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "benchkit", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw,
-    )  # fmt: skip
+@pytest.fixture
+def benchkit_subprocess():
+    """``benchkit_subprocess(*args, cwd=DIR)``: ``python -m benchkit ARGS`` in a new process."""
+
+    def run(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        return subprocess.run(
+            [sys.executable, "-m", "benchkit", *map(str, args)],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    return run

@@ -1,0 +1,113 @@
+"""``benchkit run`` in this process: finding the function, config errors, recorded outcomes."""
+
+from __future__ import annotations
+
+from benchkit.store import open_store
+from benchkit.train import runs
+
+HEADER = """
+import torch
+import benchkit as bench
+"""
+
+SIMPLE = (
+    HEADER
+    + """
+@bench.train(config={"epochs": 1, "lr": 0.5, "out": ""})
+def fit(run):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=run.config.lr)
+    model, opt = run.prepare(model, opt)
+    for epoch in run.epochs():
+        loss = model(torch.ones(4, 2)).pow(2).mean()
+        run.backward(loss); opt.step(); opt.zero_grad()
+        run.log({"loss": loss})
+    if run.config.out:
+        open(run.config.out, "w").write(repr(run.config.lr))
+"""
+)
+
+
+def only_run(store):
+    s = open_store(store)
+    [rid] = runs.list_run_ids(s)
+    return runs.load_record(s, rid)
+
+
+def test_run_calls_the_function_with_typed_config(cli, module, store, tmp_path):
+    path = module("simple_ok.py", SIMPLE)
+    out = tmp_path / "out.txt"
+    code, _, err = cli(
+        "run", path, "--cpu", "--config", "lr=0.25", "-c", f"out={out}", "--name", "exp1"
+    )
+    assert code == 0, err
+    assert out.read_text() == "0.25"
+    rec = only_run(store)
+    assert rec.name == "exp1" and rec.status == runs.FINISHED and rec.config["lr"] == 0.25
+
+
+def test_no_train_function_is_a_clear_error(cli, module, store):
+    path = module("nothing.py", HEADER + "\nx = 1\n")
+    code, _, err = cli("run", path)
+    assert code == 1
+    assert "no @bench.train function found" in err and "nothing.py" in err
+
+
+def test_several_functions_need_fn(cli, module, store):
+    path = module(
+        "two.py", SIMPLE + "\n\n@bench.train\ndef other(run):\n    run.print('other ran')\n"
+    )
+    code, _, err = cli("run", path)
+    assert code == 1 and "several @bench.train functions (fit, other)" in err and "--fn" in err
+    code, out, err = cli("run", path, "--fn", "other", "--cpu")
+    assert code == 0, err
+    assert "other ran" in out
+    code, _, err = cli("run", path, "--fn", "missing")
+    assert code == 1 and "no @bench.train function named 'missing'" in err
+
+
+def test_unknown_config_key_names_the_known_ones(cli, module, store):
+    path = module("unknown_key.py", SIMPLE)
+    code, _, err = cli("run", path, "--config", "learning_rate=1")
+    assert code == 1
+    assert "unknown config key 'learning_rate'" in err and "lr" in err and "epochs" in err
+    assert runs.list_run_ids(open_store(store)) == []  # nothing was started
+
+
+def test_failure_is_recorded_with_traceback_and_exit_status(cli, module, store):
+    path = module(
+        "fails.py",
+        HEADER
+        + """
+@bench.train
+def boom(run):
+    run.log({"x": 1.0})
+    raise ValueError("bad batch 7")
+""",
+    )
+    code, _, err = cli("run", path, "--cpu")
+    assert code == 1 and "bad batch 7" in err
+    rec = only_run(store)
+    assert rec.status == runs.FAILED and "ValueError: bad batch 7" in rec.traceback
+    assert runs.last_values(runs.read_events(open_store(store), rec.id)) == {"x": 1.0}
+
+
+def test_ctrl_c_is_recorded_as_interrupted_with_status_130(cli, module, store):
+    path = module(
+        "ctrlc.py",
+        HEADER
+        + """
+@bench.train
+def stop(run):
+    raise KeyboardInterrupt
+""",
+    )
+    code, _, _ = cli("run", path, "--cpu")
+    assert code == 130
+    assert only_run(store).status == runs.INTERRUPTED
+
+
+def test_resume_without_a_checkpoint_is_an_error(cli, module, store):
+    path = module("noresume.py", SIMPLE)
+    code, _, err = cli("run", path, "--cpu", "--resume")
+    assert code == 1 and "no run named 'fit' with a checkpoint" in err
