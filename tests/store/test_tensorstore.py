@@ -326,3 +326,14 @@ def test_forked_child_gets_a_clear_error_not_an_abort(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "child exit 0" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
+def test_manifest_pointing_outside_its_parts_is_refused_and_never_followed():
+    store = TensorStoreStore.from_url("memory://hostile", part_size=MiB)
+    store.put("datasets/keep", b"precious")
+    forged = MAGIC + json.dumps({"size": 8, "parts": [["datasets/keep", 8]]}).encode()
+    store._store().write("x/obj", forged).result()  # as another tool could have written it
+    with pytest.raises(StoreError, match="outside"):
+        store.get("x/obj")
+    store.put("x/obj", os.urandom(2 * MiB))  # replacing it must not delete what it named
+    assert store.get("datasets/keep") == b"precious"
