@@ -201,13 +201,19 @@ def chunk_samples(
             results[k] = (fname, n, size, sha)
             bar.advance(n, size)
 
+    def inline(k: int, items: list[tuple[int, list[bytes | File]]]) -> None:
+        try:
+            _, fname, n, size, sha = _write_task(str(work), k, items)
+        except Exception as e:
+            raise _sample_error(name, items[0][0], e) from e
+        results[k] = (fname, n, size, sha)
+        bar.advance(n, size)
+
     def submit(k: int, items: list[tuple[int, list[bytes | File]]]) -> None:
         nonlocal pool
         if pool is None:
             if workers == 1:
-                _, fname, n, size, sha = _write_task(str(work), k, items)
-                results[k] = (fname, n, size, sha)
-                bar.advance(n, size)
+                inline(k, items)
                 return
             pool = ProcessPoolExecutor(
                 workers,
@@ -259,9 +265,7 @@ def chunk_samples(
         if batch:
             if pool is None:
                 # everything fits in one chunk: not worth starting processes
-                _, fname, n, size, sha = _write_task(str(work), k, batch)
-                results[k] = (fname, n, size, sha)
-                bar.advance(n, size)
+                inline(k, batch)
             else:
                 submit(k, batch)
         while pending:
