@@ -86,12 +86,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _split_targets(targets: list[str]) -> tuple[Path, list[str]]:
     if targets and (targets[0].endswith(".py") or os.path.isfile(targets[0])):
         return Path(targets[0]).expanduser(), targets[1:]
-    for candidate in DEFAULT_FILES:
-        if Path(candidate).is_file():
-            return Path(candidate), targets
+    from benchkit.settings import find_project_file
+
+    project_file = find_project_file()
+    dirs = [Path.cwd()] + ([project_file.parent] if project_file else [])
+    for directory in dirs:
+        for candidate in DEFAULT_FILES:
+            if (directory / candidate).is_file():
+                return directory / candidate, targets
     raise BenchKitError(
-        f"no dataset module given and none of {', '.join(DEFAULT_FILES)} in {os.getcwd()}; "
-        "run `python -m benchkit migrate data path/to/train.py`"
+        f"no dataset module given and none of {', '.join(DEFAULT_FILES)} in "
+        f"{' or '.join(str(d) for d in dirs)}; run `python -m benchkit migrate data path/to/train.py`"
     )
 
 

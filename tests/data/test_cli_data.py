@@ -121,6 +121,20 @@ def test_names_and_step_flags_limit_the_work(project, capsys):
     assert LocalStore(project / "other").list_dirs("datasets/") == ["val"]
 
 
+def test_default_module_is_found_from_a_subdirectory_of_the_project(project, capsys, monkeypatch):
+    (project / "sub").mkdir()
+    monkeypatch.chdir(project / "sub")
+    rc, out, err = run(capsys, "migrate", "data", "val", "--chunk", "--workers", "1")
+    assert rc == 0, err
+    assert (project / ".benchkit/staging/datasets/val/index.json").is_file()
+
+
+def test_no_module_here_says_what_to_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "migrate", "data")
+    assert rc == 1 and "migrate data path/to/train.py" in flat(err)
+
+
 def test_unknown_dataset_name_lists_the_declared_ones(project, capsys):
     rc, _, err = run(capsys, "migrate", "data", "train.py", "nope", "--chunk")
     assert rc == 1
