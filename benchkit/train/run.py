@@ -63,6 +63,8 @@ class TrackedLoader:
         self.name = name
         self.in_progress = False
         self.batches = 0
+        #: (generator, seed): the loader's generator, re-seeded with (seed, epoch) by set_epoch
+        self.reseed: tuple[Any, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         self.in_progress = True
@@ -86,6 +88,9 @@ class TrackedLoader:
         return getattr(self.loader, key)
 
     def set_epoch(self, epoch: int) -> None:
+        if self.reseed is not None:
+            generator, seed = self.reseed
+            generator.manual_seed((seed * 1_000_003 + epoch) % (1 << 63))
         for obj in (
             self.loader,
             getattr(self.loader, "dataset", None),
@@ -335,6 +340,8 @@ class Run:
         ``batch_size`` defaults to ``config["batch_size"]``; ``seed`` to ``config["seed"]``.
         Extra keyword arguments go to :class:`~benchkit.data.loader.StreamingDataLoader`.
         """
+        import torch
+
         try:
             from benchkit.data.loader import StreamingDataLoader
             from benchkit.data.stream import open_dataset
@@ -365,8 +372,15 @@ class Run:
             world_size=self.accelerator.num_processes,
             **declared,
         )
-        dl = StreamingDataLoader(ds, batch_size=batch_size, num_workers=num_workers, **kwargs)
-        return self._track(dl, device=self._placement_device(), name=name)
+        # a private generator, re-seeded every epoch: starting an iteration must not draw from
+        # the global RNG, or a run resumed mid-epoch would diverge from an uninterrupted one
+        generator = kwargs.pop("generator", None) or torch.Generator()
+        dl = StreamingDataLoader(
+            ds, batch_size=batch_size, num_workers=num_workers, generator=generator, **kwargs
+        )
+        tracked = self._track(dl, device=self._placement_device(), name=name)
+        tracked.reseed = (generator, int(self.config["seed"] if seed is None else seed))
+        return tracked
 
     # --- the loop --------------------------------------------------------------------------
 
