@@ -13,7 +13,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchkit.cli.common import add_store_flag, confirm, console, human_bytes, print_json, print_table
+from benchkit.cli.common import (
+    add_store_flag,
+    confirm,
+    console,
+    human_bytes,
+    print_json,
+    print_table,
+)
 from benchkit.errors import BenchKitError, DataError, DatasetNotFound
 from benchkit.settings import load_settings
 from benchkit.store import Store, open_store
@@ -39,14 +46,38 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
         "test them, and upload them to the store. With no step flag all three run; NAME limits "
         "it to some datasets.",
     )
-    p.add_argument("targets", nargs="*", metavar="[FILE] [NAME ...]",
-                   help="the module declaring the datasets (a .py file), then dataset names")
-    p.add_argument("--chunk", "--zip", dest="chunk", action="store_true", help="chunk into the staging area")
-    p.add_argument("--test", "--tdl", dest="test", action="store_true",
-                   help="stream the staged chunks back through the transform with 2 DataLoader workers")
-    p.add_argument("--upload", "--up", dest="upload", action="store_true", help="upload staged chunks to the store")
-    p.add_argument("--workers", type=int, metavar="N", help="chunking processes (default: all cores)")
-    p.add_argument("-y", "--yes", action="store_true", help="replace changed datasets in the store without asking")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="[FILE] [NAME ...]",
+        help="the module declaring the datasets (a .py file), then dataset names",
+    )
+    p.add_argument(
+        "--chunk", "--zip", dest="chunk", action="store_true", help="chunk into the staging area"
+    )
+    p.add_argument(
+        "--test",
+        "--tdl",
+        dest="test",
+        action="store_true",
+        help="stream the staged chunks back through the transform with 2 DataLoader workers",
+    )
+    p.add_argument(
+        "--upload",
+        "--up",
+        dest="upload",
+        action="store_true",
+        help="upload staged chunks to the store",
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="chunking processes (default: all cores)"
+    )
+    p.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="replace changed datasets in the store without asking",
+    )
     add_store_flag(p)
     p.set_defaults(func=cmd_migrate_data)
 
@@ -110,7 +141,7 @@ def cmd_migrate_data(args: argparse.Namespace) -> int:
     found = datasets_in_module(module)
     if not found:
         raise DataError(
-            f"{module_file} declares no datasets: decorate a generator with @bench.dataset(\"name\") "
+            f'{module_file} declares no datasets: decorate a generator with @bench.dataset("name") '
             "or return (ProcessorDataset, IterableChunk, name, args, kwargs) tuples from main()"
         )
     unknown = [n for n in names if n not in found]
@@ -121,14 +152,18 @@ def cmd_migrate_data(args: argparse.Namespace) -> int:
         )
     selected = [found[n] for n in (names or list(found))]
     steps_given = args.chunk or args.test or args.upload
-    do_chunk, do_test, do_upload = (args.chunk, args.test, args.upload) if steps_given else (True, True, True)
+    do_chunk, do_test, do_upload = (
+        (args.chunk, args.test, args.upload) if steps_given else (True, True, True)
+    )
     project_root = project_root_for(module_file)
     store = _store(args, project_root) if do_upload else None
     staging = staging_store(project_root)
     interactive = console.is_terminal
     for decl in selected:
         if do_chunk:
-            stats = chunk(decl, workers=args.workers, progress=interactive, project_root=project_root)
+            stats = chunk(
+                decl, workers=args.workers, progress=interactive, project_root=project_root
+            )
             idx = stats.index
             console.print(
                 f"[green]chunked[/green] '{decl.name}': {idx.num_samples} samples in "
@@ -139,7 +174,11 @@ def cmd_migrate_data(args: argparse.Namespace) -> int:
             )
         if do_test:
             report = check_dataset(decl, project_root=project_root)
-            streamed = "" if report.streamed is None else f", streamed {report.streamed} through 2 DataLoader workers"
+            streamed = (
+                ""
+                if report.streamed is None
+                else f", streamed {report.streamed} through 2 DataLoader workers"
+            )
             console.print(
                 f"[green]tested[/green] '{decl.name}': {report.samples} samples in {report.chunks} chunks "
                 f"(checksums and schema OK{streamed}{', transform OK' if report.transform else ''}; "
@@ -160,7 +199,8 @@ def cmd_migrate_data(args: argparse.Namespace) -> int:
                 what = f"{up.uploaded} chunks ({human_bytes(up.bytes_uploaded)}) uploaded"
             console.print(
                 f"[green]uploaded[/green] '{decl.name}' to {store.url}: {what}, "
-                f"{up.skipped} already there" + (f", {up.removed} stale removed" if up.removed else ""),
+                f"{up.skipped} already there"
+                + (f", {up.removed} stale removed" if up.removed else ""),
                 highlight=False,
             )
     return 0
@@ -200,11 +240,27 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             idx = load_index(store, name)
         except DataError:
-            rows.append({"name": name, "samples": None, "chunks": None, "bytes": None,
-                         "created": None, "complete": False})
+            rows.append(
+                {
+                    "name": name,
+                    "samples": None,
+                    "chunks": None,
+                    "bytes": None,
+                    "created": None,
+                    "complete": False,
+                }
+            )
             continue
-        rows.append({"name": name, "samples": idx.num_samples, "chunks": len(idx.chunks),
-                     "bytes": idx.total_bytes, "created": idx.created, "complete": True})
+        rows.append(
+            {
+                "name": name,
+                "samples": idx.num_samples,
+                "chunks": len(idx.chunks),
+                "bytes": idx.total_bytes,
+                "created": idx.created,
+                "complete": True,
+            }
+        )
     if args.json:
         print_json(rows)
         return 0
@@ -281,12 +337,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
         raise DatasetNotFound(
             f"dataset '{args.name}' is not in store {store.url}; `python -m benchkit datasets list` shows what is"
         )
-    if not confirm(f"delete dataset '{args.name}' ({len(keys)} objects) from store {store.url}?", args.yes):
+    if not confirm(
+        f"delete dataset '{args.name}' ({len(keys)} objects) from store {store.url}?", args.yes
+    ):
         console.print("nothing deleted")
         return 1
     # the index first: from then on readers see no dataset, never a half-deleted one
     store.delete(prefix + INDEX_FILE)
     store.delete_prefix(prefix)
-    console.print(f"[green]deleted[/green] dataset '{args.name}' ({len(keys)} objects) from {store.url}",
-                  highlight=False)
+    console.print(
+        f"[green]deleted[/green] dataset '{args.name}' ({len(keys)} objects) from {store.url}",
+        highlight=False,
+    )
     return 0

@@ -44,8 +44,19 @@ __all__ = [
 
 DEFAULT_CHUNK_BYTES = 64_000_000
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_bytes(value: str | int) -> int:
@@ -97,7 +108,9 @@ class DeclaredDataset:
         self.fn = fn
         self.chunk_bytes = parse_bytes(chunk_bytes)
         if chunk is not None and not isinstance(chunk, type):
-            raise DataError(f"dataset '{name}': chunk= must be an IterableChunk class, got {chunk!r}")
+            raise DataError(
+                f"dataset '{name}': chunk= must be an IterableChunk class, got {chunk!r}"
+            )
         self.chunk_class = chunk
         self.chunk_args = tuple(chunk_args or ())
         self.chunk_kwargs = dict(chunk_kwargs or {})
@@ -242,9 +255,13 @@ def _classic_datasets(module: ModuleType) -> dict[str, DeclaredDataset]:
                 f"object, got {type(obj).__name__}"
             )
         if cls is not None and not isinstance(cls, type):
-            raise DataError(f"{where}: main() entry {k} ({name!r}): the second item must be a class")
+            raise DataError(
+                f"{where}: main() entry {k} ({name!r}): the second item must be a class"
+            )
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-            raise DataError(f"{where}: main() entry {k} ({name!r}): args must be a list, kwargs a dict")
+            raise DataError(
+                f"{where}: main() entry {k} ({name!r}): args must be a list, kwargs a dict"
+            )
         if name in found:
             raise DataError(f"{where}: main() declares dataset {name!r} twice")
         found[name] = DeclaredDataset(

@@ -33,6 +33,7 @@ decoding copies them out of the chunk once (so the mapping can be closed) and ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -126,7 +127,9 @@ def _encode_tensor(t: Any, out: list, path: tuple, index: int) -> None:
 
 def _encode_array(a: Any, out: list, path: tuple, index: int, tag: int) -> None:
     if a.dtype.hasobject or a.dtype.fields is not None:
-        raise _reject(a, path, index, f" (dtype {a.dtype}: object and structured dtypes cannot be stored)")
+        raise _reject(
+            a, path, index, f" (dtype {a.dtype}: object and structured dtypes cannot be stored)"
+        )
     if a.ndim > 255:
         raise _reject(a, path, index, " (more than 255 dimensions)")
     name = a.dtype.str.encode()
@@ -308,7 +311,7 @@ def _decode_buffer(buf: memoryview, pos: int) -> tuple[bytes, tuple[int, ...], b
 def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
     tag = buf[pos]
     pos += 1
-    if tag == TUPLE or tag == LIST:
+    if tag in (TUPLE, LIST):
         (n,) = _U32.unpack_from(buf, pos)
         pos += 4
         items = []
@@ -335,7 +338,7 @@ def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
         if not data:
             return torch.empty(shape, dtype=dtype), pos
         return torch.frombuffer(data, dtype=dtype).reshape(shape), pos
-    if tag == ARRAY or tag == NPSCALAR:
+    if tag in (ARRAY, NPSCALAR):
         import numpy as np
 
         name, shape, data, pos = _decode_buffer(buf, pos)
@@ -418,7 +421,11 @@ def _field_schema(value: Any) -> dict[str, Any]:
     if t is dict:
         return {"kind": "dict", "fields": {str(k): _field_schema(v) for k, v in value.items()}}
     if "torch" in sys.modules and isinstance(value, sys.modules["torch"].Tensor):
-        return {"kind": "tensor", "dtype": str(value.dtype).removeprefix("torch."), "ndim": value.ndim}
+        return {
+            "kind": "tensor",
+            "dtype": str(value.dtype).removeprefix("torch."),
+            "ndim": value.ndim,
+        }
     if "numpy" in sys.modules:
         np = sys.modules["numpy"]
         if isinstance(value, np.ndarray):
@@ -453,7 +460,7 @@ def _mismatch(expected: dict, actual: dict, path: tuple) -> str | None:
         e, a = expected["items"], actual["items"]
         if len(e) != len(a):
             return f"{_where(path)} has {len(a)} items, expected {len(e)}"
-        for k, (x, y) in enumerate(zip(e, a)):
+        for k, (x, y) in enumerate(zip(e, a, strict=False)):
             m = _mismatch(x, y, path + (k,))
             if m:
                 return m
@@ -531,7 +538,9 @@ class ChunkReader:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < HEADER_SIZE:
-                    raise self._corrupt(f"the file is truncated ({size} bytes, smaller than a header)")
+                    raise self._corrupt(
+                        f"the file is truncated ({size} bytes, smaller than a header)"
+                    )
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError as e:
             raise CorruptChunk(f"chunk {self.label}: file {self.path} is missing") from e
@@ -557,7 +566,9 @@ class ChunkReader:
         table_end = HEADER_SIZE + 8 * (count + 1)
         if table_end > size:
             self.close()
-            raise self._corrupt(f"the file is truncated ({size} bytes, the offsets table needs {table_end})")
+            raise self._corrupt(
+                f"the file is truncated ({size} bytes, the offsets table needs {table_end})"
+            )
         if sys.byteorder == "little":
             self._offsets: Any = self._buf[HEADER_SIZE:table_end].cast("Q")
         else:  # pragma: no cover
@@ -618,10 +629,9 @@ class ChunkReader:
         self._offsets = ()
         self._buf = None
         if self._mm is not None:
-            try:
+            # a caller may still hold a raw() view: then the mapping goes when that view does
+            with contextlib.suppress(BufferError):
                 self._mm.close()
-            except BufferError:
-                pass  # a caller still holds a raw() view; the mapping goes when it does
             self._mm = None
 
     def __enter__(self) -> ChunkReader:
@@ -631,7 +641,5 @@ class ChunkReader:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -99,7 +99,9 @@ class DatasetIndex:
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{source} is not a valid dataset index ({type(e).__name__}: {e})") from e
+            raise DataError(
+                f"{source} is not a valid dataset index ({type(e).__name__}: {e})"
+            ) from e
         if sum(c.samples for c in chunks) != idx.num_samples:
             raise DataError(
                 f"{source} is inconsistent: its chunks hold {sum(c.samples for c in chunks)} "

@@ -49,8 +49,13 @@ def staging_store(project_root: str | os.PathLike[str]) -> LocalStore:
     return LocalStore(staging_root(project_root))
 
 
-def chunk(decl: Any, *, workers: int | None = None, progress: bool = False,
-          project_root: str | os.PathLike[str] | None = None) -> ChunkStats:
+def chunk(
+    decl: Any,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    project_root: str | os.PathLike[str] | None = None,
+) -> ChunkStats:
     """Chunk a declared dataset into its project's staging area."""
     root = staging_root(project_root if project_root is not None else decl.project_root)
     return chunk_dataset(decl, root, workers=workers, progress=progress)
@@ -96,12 +101,15 @@ def _verify_chunks(name: str, store: Store, index: DatasetIndex) -> int:
                     raise DataError(f"{label}: sample {n + j} does not match the schema: {diff}")
         n += c.samples
     if n != index.num_samples:
-        raise DataError(f"dataset '{name}': chunks hold {n} samples, index.json says {index.num_samples}")
+        raise DataError(
+            f"dataset '{name}': chunks hold {n} samples, index.json says {index.num_samples}"
+        )
     return n
 
 
-def check_dataset(decl: Any, *, project_root: str | os.PathLike[str] | None = None,
-                 num_workers: int = 2) -> TestReport:
+def check_dataset(
+    decl: Any, *, project_root: str | os.PathLike[str] | None = None, num_workers: int = 2
+) -> TestReport:
     """Stream a staged dataset back: checksums, count, schema, and the transform.
 
     Every chunk is opened with its checksum and every sample decoded and checked against the
@@ -138,15 +146,24 @@ def check_dataset(decl: Any, *, project_root: str | os.PathLike[str] | None = No
         raise DataError(
             f"dataset '{name}': streaming yielded {streamed} samples, the dataset holds {count}"
         )
-    return TestReport(name, count, len(index.chunks), streamed, time.monotonic() - started,
-                      decl.transform_fn is not None, notes)
+    return TestReport(
+        name,
+        count,
+        len(index.chunks),
+        streamed,
+        time.monotonic() - started,
+        decl.transform_fn is not None,
+        notes,
+    )
 
 
 def _stream_all(decl: Any, staging: Store, num_workers: int, notes: list[str]) -> int | None:
     try:
         from benchkit.data.stream import open_dataset
     except ImportError:
-        notes.append("streaming through a DataLoader skipped: benchkit.data.stream is not available")
+        notes.append(
+            "streaming through a DataLoader skipped: benchkit.data.stream is not available"
+        )
         return None
     from torch.utils.data import DataLoader
 
@@ -187,7 +204,9 @@ def _sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _already_there(store: Store, key: str, info: Any, existing: set[str], remote: dict[str, Any]) -> bool:
+def _already_there(
+    store: Store, key: str, info: Any, existing: set[str], remote: dict[str, Any]
+) -> bool:
     if key not in existing:
         return False
     known = remote.get(info.file)
@@ -233,7 +252,9 @@ def upload_dataset(
         remote_index = None
     remote = {c.file: c for c in remote_index.chunks} if remote_index else {}
     existing = set(store.list(prefix))
-    todo = [c for c in local.chunks if not _already_there(store, prefix + c.file, c, existing, remote)]
+    todo = [
+        c for c in local.chunks if not _already_there(store, prefix + c.file, c, existing, remote)
+    ]
     skipped = len(local.chunks) - len(todo)
     total = sum(c.bytes for c in todo)
     bar = _upload_progress(name, total, progress and bool(todo))
@@ -242,7 +263,9 @@ def upload_dataset(
         if todo:
             with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
                 futures = {
-                    pool.submit(store.put_file, prefix + c.file, staging.local_path(prefix + c.file)): c
+                    pool.submit(
+                        store.put_file, prefix + c.file, staging.local_path(prefix + c.file)
+                    ): c
                     for c in todo
                 }
                 for fut in as_completed(futures):
@@ -268,7 +291,8 @@ def upload_dataset(
             bar.stop()
     same_index = (
         remote_index is not None
-        and [(c.file, c.sha256) for c in remote_index.chunks] == [(c.file, c.sha256) for c in local.chunks]
+        and [(c.file, c.sha256) for c in remote_index.chunks]
+        == [(c.file, c.sha256) for c in local.chunks]
         and remote_index.schema == local.schema
     )
     if not same_index or todo:
@@ -279,8 +303,16 @@ def upload_dataset(
     for key in sorted(existing - keep):
         store.delete(key)
         removed += 1
-    return UploadReport(name, store.url, len(todo), skipped, done_bytes, removed,
-                        not same_index or bool(todo), time.monotonic() - started)
+    return UploadReport(
+        name,
+        store.url,
+        len(todo),
+        skipped,
+        done_bytes,
+        removed,
+        not same_index or bool(todo),
+        time.monotonic() - started,
+    )
 
 
 def _upload_progress(name: str, total: int, enabled: bool) -> Any:
@@ -312,8 +344,9 @@ def _upload_progress(name: str, total: int, enabled: bool) -> Any:
 # --- for the training runner ---------------------------------------------------------------------
 
 
-def ensure_migrated(decl: Any, store: Store | str | None,
-                    project_root: str | os.PathLike[str] | None = None) -> bool:
+def ensure_migrated(
+    decl: Any, store: Store | str | None, project_root: str | os.PathLike[str] | None = None
+) -> bool:
     """Make sure ``decl`` is in ``store``; chunk and upload it (with a notice) if not.
 
     Returns True when it migrated the dataset, False when it was already there.

@@ -9,6 +9,7 @@ pass ``f.tensor()`` (a uint8 tensor of the bytes); for libraries that insist on 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -50,10 +51,8 @@ class File:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 class ChunkFile(io.BytesIO):

@@ -33,8 +33,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchkit.data.format import FORMAT_VERSION, HEADER_SIZE, check_schema, encode_parts, join_parts
-from benchkit.data.format import sample_schema, write_chunk
+from benchkit.data.format import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    check_schema,
+    encode_parts,
+    join_parts,
+    sample_schema,
+    write_chunk,
+)
 from benchkit.data.index import INDEX_FILE, ChunkInfo, DatasetIndex, dataset_prefix
 from benchkit.data.sample import File
 from benchkit.errors import BenchKitError, DataError
@@ -72,7 +79,9 @@ class ChunkStats:
         return self.index.total_bytes / 1e6 / self.seconds if self.seconds else 0.0
 
 
-def _write_task(directory: str, k: int, items: list[tuple[int, list[bytes | File]]]) -> tuple[int, str, int, int, str]:
+def _write_task(
+    directory: str, k: int, items: list[tuple[int, list[bytes | File]]]
+) -> tuple[int, str, int, int, str]:
     """Worker: read the files, write chunk ``k``; returns (k, file name, samples, bytes, sha256)."""
     records = [join_parts(parts, i) for i, parts in items]
     tmp = os.path.join(directory, f".part-{k:06d}.bkc")
@@ -104,10 +113,14 @@ class _Progress:
         self.start = time.monotonic()
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeElapsedColumn
-
         from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.bar = Progress(
             TextColumn("[bold]chunking[/bold] {task.description}"),
@@ -141,8 +154,10 @@ def _sample_error(name: str, index: int, e: BaseException) -> DataError:
         msg = str(e)
         if not msg.startswith("sample "):
             msg = f"sample {index}: {msg}"
-        return type(e)(f"dataset '{name}': {msg}") if isinstance(e, DataError) else DataError(
-            f"dataset '{name}': {msg}"
+        return (
+            type(e)(f"dataset '{name}': {msg}")
+            if isinstance(e, DataError)
+            else DataError(f"dataset '{name}': {msg}")
         )
     return DataError(f"dataset '{name}': sample {index}: {type(e).__name__}: {e}")
 

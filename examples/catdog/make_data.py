@@ -41,7 +41,9 @@ def draw(kind: str, size: int, rng: random.Random) -> Image.Image:
     return img
 
 
-def make(out: Path, count: int, val_fraction: float = 1 / 6, size: int = 64, seed: int = 0) -> dict[str, int]:
+def make(
+    out: Path, count: int, val_fraction: float = 1 / 6, size: int = 64, seed: int = 0
+) -> dict[str, int]:
     """Write ``count`` images into ``out/train`` and ``out/val``; returns how many went where."""
     rng = random.Random(seed)
     n_val = int(round(count * val_fraction))
@@ -58,10 +60,16 @@ def make(out: Path, count: int, val_fraction: float = 1 / 6, size: int = 64, see
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--count", type=int, default=2400, help="images in total (default 2400)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data",
-                   help="output directory (default: data/ next to this script)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "data",
+        help="output directory (default: data/ next to this script)",
+    )
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--val-fraction", type=float, default=1 / 6, help="share of images in val/")
     p.add_argument("--seed", type=int, default=0)

@@ -67,5 +67,53 @@ def decode_val(image, label):
 
 
 # --- training --------------------------------------------------------------------------------
-# The @bench.train function goes here (the training issue adds it): it streams "train" and
-# "val" with run.loader(...) and trains a small CNN on them.
+#     python -m benchkit run train.py                  # migrates missing datasets, then trains
+#     python -m benchkit run train.py --processes 2    # two processes (gloo on the CPU)
+#     python -m benchkit run train.py --resume         # continue the latest run from its checkpoint
+
+
+class Net(torch.nn.Module):
+    """A small CNN: three conv blocks, global average pooling, a linear head (any image size)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        c = width
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.BatchNorm2d(c), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.BatchNorm2d(2 * c), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(2 * c, 2 * c, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        )  # fmt: skip
+        self.head = torch.nn.Linear(2 * c, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+@bench.train(config={"epochs": 4, "batch_size": 32, "lr": 3e-3, "workers": 2, "width": 16})
+def train(run: bench.Run) -> float:
+    """Train on "train", report validation accuracy on "val" after every epoch."""
+    train_loader = run.loader("train", shuffle=True, num_workers=run.config.workers)
+    val_loader = run.loader("val", num_workers=run.config.workers)
+    model = Net(run.config.width)
+    optim = torch.optim.AdamW(model.parameters(), lr=run.config.lr)
+    model, optim, train_loader = run.prepare(model, optim, train_loader)
+    accuracy = 0.0
+    for epoch in run.epochs():
+        model.train()
+        for images, labels in run.progress(train_loader):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            run.backward(loss)
+            optim.step()
+            optim.zero_grad()
+            run.log({"loss": loss})
+        model.eval()
+        counts = torch.zeros(2, device=run.device)  # correct, total
+        with torch.no_grad():
+            for images, labels in val_loader:
+                counts += torch.stack([(model(images).argmax(1) == labels).sum(), torch.tensor(labels.numel())])
+        correct, total = run.reduce(counts, "sum").tolist()  # over every process
+        accuracy = correct / max(total, 1)
+        run.log({"val_accuracy": accuracy, "epoch": epoch + 1})
+        run.print(f"epoch {epoch + 1}: validation accuracy {accuracy:.3f}")
+        run.save_checkpoint()
+    return accuracy

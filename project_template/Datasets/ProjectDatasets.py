@@ -67,7 +67,9 @@ def _list(split: str) -> list[str]:
     folder = DATA / split
     names = sorted(p.name for p in folder.glob("*.jpg"))
     if not names:
-        raise FileNotFoundError(f"no images in {folder}: run examples/catdog/make_data.py --out {DATA}")
+        raise FileNotFoundError(
+            f"no images in {folder}: run examples/catdog/make_data.py --out {DATA}"
+        )
     return names
 
 

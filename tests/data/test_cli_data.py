@@ -69,7 +69,11 @@ def test_migrate_data_end_to_end_then_list_info_delete(project, capsys):
     assert rc == 0, err
     text = flat(out)
     for name in ("train", "val"):
-        assert f"chunked '{name}'" in text and f"tested '{name}'" in text and f"uploaded '{name}'" in text
+        assert (
+            f"chunked '{name}'" in text
+            and f"tested '{name}'" in text
+            and f"uploaded '{name}'" in text
+        )
     assert "streamed 20 through 2 DataLoader workers, transform OK" in text
     store = LocalStore(project / "store")  # benchkit.toml's relative store
     assert load_index(store, "train").num_samples == 20
@@ -80,7 +84,10 @@ def test_migrate_data_end_to_end_then_list_info_delete(project, capsys):
 
     rc, out, _ = run(capsys, "datasets", "list", "--json")
     rows = json.loads(out)
-    assert [(r["name"], r["samples"], r["complete"]) for r in rows] == [("train", 20, True), ("val", 5, True)]
+    assert [(r["name"], r["samples"], r["complete"]) for r in rows] == [
+        ("train", 20, True),
+        ("val", 5, True),
+    ]
     assert rows[0]["chunks"] == len(load_index(store, "train").chunks) and rows[0]["bytes"] > 20_000
 
     rc, out, _ = run(capsys, "show-ds")
@@ -88,7 +95,10 @@ def test_migrate_data_end_to_end_then_list_info_delete(project, capsys):
 
     rc, out, _ = run(capsys, "datasets", "info", "val", "--json")
     info = json.loads(out)
-    assert info["schema"] == {"kind": "dict", "fields": {"data": {"kind": "file"}, "id": {"kind": "int"}}}
+    assert info["schema"] == {
+        "kind": "dict",
+        "fields": {"data": {"kind": "file"}, "id": {"kind": "int"}},
+    }
     assert info["num_samples"] == 5 and info["store"] == store.url
     rc, out, _ = run(capsys, "datasets", "info", "train")
     assert rc == 0 and "[0]: file" in out and "[1]: int" in out and "chunk sizes" in out
@@ -115,7 +125,9 @@ def test_names_and_step_flags_limit_the_work(project, capsys):
     assert "tested" not in out and "uploaded" not in out
     assert not (project / "store").exists() or LocalStore(project / "store").list() == []
 
-    rc, out, err = run(capsys, "migrate", "data", "train.py", "val", "--up", "--store", str(project / "other"))
+    rc, out, err = run(
+        capsys, "migrate", "data", "train.py", "val", "--up", "--store", str(project / "other")
+    )
     assert rc == 0, err
     assert load_index(LocalStore(project / "other"), "val").num_samples == 5
     assert LocalStore(project / "other").list_dirs("datasets/") == ["val"]
@@ -174,10 +186,17 @@ def test_classic_project_migrate_data_via_manage_py(tmp_path):
     project = tmp_path / "classic"
     copy_template(project, "classic")
     make_data.make(tmp_path / "images", 36, val_fraction=1 / 6, size=16)
-    env = {**os.environ, "CATDOG_DATA": str(tmp_path / "images"), "BENCHKIT_STORE": str(tmp_path / "store")}
+    env = {
+        **os.environ,
+        "CATDOG_DATA": str(tmp_path / "images"),
+        "BENCHKIT_STORE": str(tmp_path / "store"),
+    }
     proc = subprocess.run(
         [sys.executable, str(project / "manage.py"), "migrate-data", "--workers", "1"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = flat(proc.stdout)
@@ -185,11 +204,15 @@ def test_classic_project_migrate_data_via_manage_py(tmp_path):
     assert "streamed 30 through 2 DataLoader workers" in out
     store = LocalStore(tmp_path / "store")
     assert load_index(store, "train").schema == {
-        "kind": "tuple", "items": [{"kind": "int"}, {"kind": "list", "item": {"kind": "file"}}]
+        "kind": "tuple",
+        "items": [{"kind": "int"}, {"kind": "list", "item": {"kind": "file"}}],
     }
     # the original's flags, one step at a time
     proc = subprocess.run(
         [sys.executable, str(project / "manage.py"), "migrate-data", "val", "--up"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0 and "unchanged, nothing uploaded" in flat(proc.stdout), proc.stderr

@@ -45,7 +45,7 @@ def _same(a, b) -> None:
         np.testing.assert_array_equal(a, b)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=False):
             _same(x, y)
     elif isinstance(a, dict):
         assert list(a) == list(b)
@@ -138,7 +138,7 @@ def test_numpy_arrays_round_trip(array, tmp_path):
 def test_numpy_scalars_round_trip_as_numpy_scalars(tmp_path):
     sample = (np.float32(1.5), np.int64(-3), np.bool_(True))
     out = _roundtrip(sample, tmp_path)
-    for a, b in zip(out, sample):
+    for a, b in zip(out, sample, strict=False):
         assert type(a) is type(b) and a == b
 
 
@@ -338,8 +338,13 @@ def test_schema_describes_structure_kinds_and_dtypes(tmp_path):
         ],
     }
     json.dumps(s)
-    assert check_schema(s, (File(tmp_path), torch.ones(5, 5, dtype=torch.bfloat16), {"y": 2.5})) is None
-    assert "field 1 has dtype float32" in check_schema(s, (File(tmp_path), torch.ones(5, 5), {"y": 2}))
+    assert (
+        check_schema(s, (File(tmp_path), torch.ones(5, 5, dtype=torch.bfloat16), {"y": 2.5}))
+        is None
+    )
+    assert "field 1 has dtype float32" in check_schema(
+        s, (File(tmp_path), torch.ones(5, 5), {"y": 2})
+    )
     assert "has 2 items" in check_schema(s, (1, 2))
 
 

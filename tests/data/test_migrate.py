@@ -134,8 +134,12 @@ def test_killed_upload_resumes_and_skips_what_is_there(staged, tmp_path):
     script = tmp_path / "upload.py"
     script.write_text(textwrap.dedent(KILLED_UPLOAD))
     dest = tmp_path / "store"
-    proc = subprocess.run([sys.executable, str(script), str(staging.root), str(dest)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(staging.root), str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     store = CountingStore(dest)
     assert not store.exists("datasets/train/index.json"), "readers must not see a half upload"

@@ -48,7 +48,9 @@ def read_all(root: Path, name: str) -> list:
     return out
 
 
-def file_dataset(paths: list[Path], chunk_bytes: str | int = "20KB", name: str = "train") -> DeclaredDataset:
+def file_dataset(
+    paths: list[Path], chunk_bytes: str | int = "20KB", name: str = "train"
+) -> DeclaredDataset:
     @bench.dataset(name, chunk_bytes=chunk_bytes)
     def samples():
         for i, p in enumerate(paths):
@@ -97,7 +99,11 @@ def test_bare_decorator_and_chunk_class_arguments():
 
 
 def test_sizes_and_names_are_validated():
-    assert parse_bytes("64MB") == 64_000_000 and parse_bytes("1MiB") == 2**20 and parse_bytes(500) == 500
+    assert (
+        parse_bytes("64MB") == 64_000_000
+        and parse_bytes("1MiB") == 2**20
+        and parse_bytes(500) == 500
+    )
     with pytest.raises(ConfigError, match="invalid size"):
         parse_bytes("lots")
     with pytest.raises(DataError, match="invalid dataset name"):
@@ -126,7 +132,9 @@ def test_processor_dataset_samples_are_labels_and_files(tmp_path):
     back = read_all(tmp_path / "stage", "proc")
     for i, (labels, files) in enumerate(back):
         assert torch.equal(labels, torch.tensor([i, 1 - i]))
-        assert [f.name for f in files] == [paths[i].name] and files[0].read() == paths[i].read_bytes()
+        assert [f.name for f in files] == [paths[i].name] and files[0].read() == paths[
+            i
+        ].read_bytes()
 
 
 def test_classic_main_tuples_are_found(tmp_path):
@@ -150,15 +158,24 @@ def test_classic_main_tuples_are_found(tmp_path):
         pass
 
     module.Pairs = Pairs
-    module.main = lambda: [(Pairs(paths), Chunk, "train", [True], {"a": 1}), (Pairs(paths[:1]), Chunk, "val", [False], {})]
+    module.main = lambda: [
+        (Pairs(paths), Chunk, "train", [True], {"a": 1}),
+        (Pairs(paths[:1]), Chunk, "val", [False], {}),
+    ]
     found = datasets_in_module(module)
     assert list(found) == ["train", "val"]
     train = found["train"]
-    assert train.chunk_class is Chunk and train.chunk_args == (True,) and train.chunk_kwargs == {"a": 1}
+    assert (
+        train.chunk_class is Chunk
+        and train.chunk_args == (True,)
+        and train.chunk_kwargs == {"a": 1}
+    )
     assert [s[0] for s in train] == [0, 1] and train.size_hint() == 2
 
     module.main = lambda: [("not a processor", Chunk, "bad", [], {})]
-    with pytest.raises(DataError, match=r"entry 0 \('bad'\): the first item must be a ProcessorDataset"):
+    with pytest.raises(
+        DataError, match=r"entry 0 \('bad'\): the first item must be a ProcessorDataset"
+    ):
         datasets_in_module(module)
 
 
@@ -201,7 +218,7 @@ def test_chunks_stay_within_chunk_bytes_and_are_filled_greedily(tmp_path):
     assert all(s <= limit for s in sizes), sizes
     # greedy: the next chunk's first sample would not have fitted in the previous chunk
     first = 0
-    for c, nxt in zip(idx.chunks, idx.chunks[1:]):
+    for c, _nxt in zip(idx.chunks, idx.chunks[1:], strict=False):
         first += c.samples
         next_sample = os.path.getsize(paths[first]) + 100  # file + its small fields and offset
         assert c.bytes + next_sample > limit
@@ -212,7 +229,9 @@ def test_a_sample_bigger_than_chunk_bytes_gets_its_own_chunk(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 50_000)
     small = make_files(tmp_path / "f", 3)
-    idx = chunk_dataset(file_dataset([small[0], big, small[1]], 10_000), tmp_path / "stage", workers=1).index
+    idx = chunk_dataset(
+        file_dataset([small[0], big, small[1]], 10_000), tmp_path / "stage", workers=1
+    ).index
     assert [c.samples for c in idx.chunks] == [1, 1, 1]
 
 
@@ -223,7 +242,9 @@ def test_chunking_is_deterministic_across_runs_and_worker_counts(tmp_path):
     b = chunk_dataset(file_dataset(paths), tmp_path / "b", workers=2).index
     assert a.chunks == b.chunks and a.schema == b.schema and len(a.chunks) > 2
     for c in a.chunks:
-        assert (tmp_path / "a/datasets/train" / c.file).read_bytes() == (tmp_path / "b/datasets/train" / c.file).read_bytes()
+        assert (tmp_path / "a/datasets/train" / c.file).read_bytes() == (
+            tmp_path / "b/datasets/train" / c.file
+        ).read_bytes()
     # the same destination again: same files, nothing else left behind
     c2 = chunk_dataset(file_dataset(paths), tmp_path / "a", workers=1).index
     assert c2.chunks == a.chunks
@@ -266,7 +287,9 @@ def test_unsupported_value_names_dataset_sample_and_field(tmp_path):
         yield 2, "b"
         yield 3, {"x": object()}
 
-    with pytest.raises(SchemaError, match=r"dataset 'odd': sample 2: field 1\['x'\] has unsupported type object"):
+    with pytest.raises(
+        SchemaError, match=r"dataset 'odd': sample 2: field 1\['x'\] has unsupported type object"
+    ):
         chunk_samples(gen(), "odd", tmp_path, chunk_bytes=1000, workers=1)
     assert not (tmp_path / "datasets/odd").exists()
 
@@ -276,7 +299,9 @@ def test_samples_must_keep_one_structure(tmp_path):
         yield torch.zeros(2), 1
         yield torch.zeros(2, dtype=torch.float64), 1
 
-    with pytest.raises(DataError, match=r"sample 1 does not match the first sample: field 0 has dtype float64"):
+    with pytest.raises(
+        DataError, match=r"sample 1 does not match the first sample: field 0 has dtype float64"
+    ):
         chunk_samples(gen(), "mixed", tmp_path, chunk_bytes=1000, workers=1)
 
 
@@ -312,8 +337,12 @@ def test_killed_chunking_process_leaves_no_index(tmp_path, workers):
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(KILLED))
     stage = tmp_path / "stage"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "f"), str(stage), str(workers)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "f"), str(stage), str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # run() returning at all means the workers exited too (they hold its stdout)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not list(stage.rglob("index.json"))
