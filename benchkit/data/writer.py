@@ -207,9 +207,14 @@ def chunk_samples(
             try:
                 _, fname, n, size, sha = fut.result()
             except BrokenProcessPool as e:
+                # every chunk in flight fails with the pool, so name them all
+                spans = [(k, first, last), *pending.values()]
+                lo, hi = min(s[1] for s in spans), max(s[2] for s in spans)
                 raise DataError(
-                    f"dataset '{name}': a chunking worker died while writing chunk {k} "
-                    f"(samples {first}-{last}): {e}. Nothing was published; run the migration again"
+                    f"dataset '{name}': a chunking worker process died (killed, or out of "
+                    f"memory?) while writing chunks {min(s[0] for s in spans)}-"
+                    f"{max(s[0] for s in spans)} (samples {lo}-{hi}). Nothing was published; "
+                    "run the migration again"
                 ) from e
             except BaseException as e:
                 raise _sample_error(name, first, e) from e

@@ -355,3 +355,23 @@ def test_killed_chunking_process_leaves_no_index(tmp_path, workers):
     idx = chunk_dataset(file_dataset(paths[:30], "12KB"), stage, workers=1).index
     assert idx.num_samples == 30
     assert list((stage / ".tmp").iterdir()) == []
+
+
+@pytest.mark.multiprocess
+def test_a_killed_worker_fails_the_run_and_publishes_nothing(tmp_path):
+    from chunk_killer import KillerFile
+
+    paths = make_files(tmp_path / "f", 30)
+
+    def gen():
+        for i, p in enumerate(paths):
+            yield (KillerFile(p) if i == 20 else bench.File(p)), i
+
+    with pytest.raises(
+        DataError,
+        match=r"dataset 'crash': a chunking worker process died .* while writing chunks \d+-\d+ \(samples \d+-\d+\)",
+    ):
+        chunk_samples(gen(), "crash", tmp_path / "stage", chunk_bytes=12_000, workers=2)
+    assert not list((tmp_path / "stage").rglob("index.json"))
+    assert not (tmp_path / "stage/datasets/crash").exists()
+    assert list((tmp_path / "stage/.tmp").iterdir()) == []
