@@ -1,12 +1,13 @@
-"""A ``bench.File`` whose reading kills the process reading it (for the worker-crash test).
+"""``bench.File`` subclasses that misbehave when read, for the chunk writer's worker tests.
 
-It lives in its own small module so spawned chunking workers can import it cheaply.
+They live in their own small module so spawned chunking workers can import them cheaply.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from benchkit.data.sample import File
 
@@ -19,3 +20,13 @@ class KillerFile(File):
     def read_bytes(self) -> bytes:
         os.kill(os.getpid(), signal.SIGKILL)
         return b""  # pragma: no cover
+
+
+class SlowFile(File):
+    """Reading it takes 20 ms (a slow disk), so the generator can outrun the workers."""
+
+    __slots__ = ()
+
+    def read_bytes(self) -> bytes:
+        time.sleep(0.02)
+        return super().read_bytes()

@@ -375,3 +375,27 @@ def test_a_killed_worker_fails_the_run_and_publishes_nothing(tmp_path):
     assert not list((tmp_path / "stage").rglob("index.json"))
     assert not (tmp_path / "stage/datasets/crash").exists()
     assert list((tmp_path / "stage/.tmp").iterdir()) == []
+
+
+@pytest.mark.multiprocess
+def test_the_generator_never_runs_more_than_two_chunks_per_worker_ahead(tmp_path):
+    """Memory stays bounded: samples wait in the main process only for chunks in flight."""
+    from chunk_killer import SlowFile
+
+    (tmp_path / "f").mkdir()
+    paths = [tmp_path / "f" / f"{i:03d}.bin" for i in range(80)]
+    for p in paths:
+        p.write_bytes(b"x" * 8000)
+    stage = tmp_path / "stage"
+    ahead = []
+
+    def gen():
+        for i, p in enumerate(paths):
+            written = len(list((stage / ".tmp").glob("*/chunk-*.bkc")))
+            ahead.append(i // 2 - written)  # two samples per chunk: chunks started minus written
+            yield SlowFile(p), i
+
+    idx = chunk_samples(gen(), "bounded", stage, chunk_bytes=20_000, workers=2).index
+    assert all(c.samples == 2 for c in idx.chunks[:-1])
+    # 2 workers x 2 chunks in flight, plus the chunk being filled
+    assert max(ahead) <= 2 * 2 + 1, max(ahead)
