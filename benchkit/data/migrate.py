@@ -12,10 +12,12 @@ longer lists. Until ``index.json`` lands, readers see the previous version or no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +177,8 @@ def _stream_all(decl: Any, staging: Store, num_workers: int, notes: list[str]) -
         chunk_args=decl.chunk_args,
         chunk_kwargs=decl.chunk_kwargs,
         shuffle=False,
+        rank=0,
+        world_size=1,  # the whole dataset, even when run under torchrun
     )
     loader = DataLoader(ds, batch_size=None, num_workers=num_workers)
     n = 0
@@ -349,25 +353,53 @@ def ensure_migrated(
 ) -> bool:
     """Make sure ``decl`` is in ``store``; chunk and upload it (with a notice) if not.
 
-    Returns True when it migrated the dataset, False when it was already there.
+    Returns True when it migrated the dataset, False when it was already there. Processes of
+    one project calling it at once (ranks of a torchrun job) take turns on a lock file in the
+    staging area: one migrates, the others wait and then find the dataset in place.
     """
     store = open_store(store)
-    try:
-        load_index(store, decl.name)
+    if _in_store(store, decl.name):
         return False
-    except DatasetNotFound:
-        pass
-    from rich.console import Console
-
-    console = Console(stderr=True)
     root = Path(project_root) if project_root is not None else decl.project_root
-    console.print(
-        f"[yellow]dataset '{decl.name}' is not in store {store.url}: migrating it now "
-        f"(chunk + upload; `python -m benchkit migrate data` does this ahead of time)[/yellow]",
-        highlight=False,
-        soft_wrap=True,
-    )
-    interactive = console.is_terminal
-    chunk(decl, progress=interactive, project_root=root)
-    upload_dataset(decl.name, staging_store(root), store, progress=interactive)
+    with _migration_lock(staging_root(root), decl.name):
+        if _in_store(store, decl.name):
+            return False
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        console.print(
+            f"[yellow]dataset '{decl.name}' is not in store {store.url}: migrating it now "
+            f"(chunk + upload; `python -m benchkit migrate data` does this ahead of time)[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        interactive = console.is_terminal
+        chunk(decl, progress=interactive, project_root=root)
+        upload_dataset(decl.name, staging_store(root), store, progress=interactive)
     return True
+
+
+def _in_store(store: Store, name: str) -> bool:
+    try:
+        load_index(store, name)
+    except DatasetNotFound:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _migration_lock(staging: Path, name: str) -> Iterator[None]:
+    """An exclusive lock per dataset and staging area (a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock_dir = staging / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

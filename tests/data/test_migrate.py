@@ -259,3 +259,44 @@ def test_ensure_migrated_chunks_and_uploads_once(tmp_path, capsys):
     assert "migrating it now" in capsys.readouterr().err
     assert verify_store(store, "train") == 10
     assert migrate.ensure_migrated(decl, store, root) is False
+
+
+ENSURE = """
+import sys
+from pathlib import Path
+import benchkit as bench
+from benchkit.data.migrate import ensure_migrated
+
+files = sorted(Path(sys.argv[1]).iterdir())
+
+@bench.dataset("train", chunk_bytes="12KB")
+def samples():
+    for i, p in enumerate(files):
+        yield bench.File(p), i
+
+if __name__ == "__main__":
+    print("MIGRATED" if ensure_migrated(samples, sys.argv[2], sys.argv[3]) else "FOUND")
+"""
+
+
+@pytest.mark.multiprocess
+def test_concurrent_ensure_migrated_migrates_once(tmp_path):
+    """Ranks of one job calling it together: one migrates, the others find the dataset."""
+    make_files(tmp_path / "files", 30)
+    script = tmp_path / "ensure.py"
+    script.write_text(textwrap.dedent(ENSURE))
+    (tmp_path / "proj").mkdir()
+    args = [str(tmp_path / "files"), str(tmp_path / "store"), str(tmp_path / "proj")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert sorted(o[0].strip() for o in outs) == ["FOUND", "FOUND", "MIGRATED"]
+    assert verify_store(LocalStore(tmp_path / "store"), "train") == 30
