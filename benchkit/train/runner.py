@@ -164,9 +164,7 @@ def migrate_missing_datasets(
     root = project_root or Path(module.__file__).parent
     for name, decl in datasets_in_module(module).items():
         if ensure_migrated(decl, store, root):
-            err_console.print(
-                f"[cyan]dataset {name!r} was not in store {store.url}: migrated it[/cyan]"
-            )
+            err_console.print(f"[green]dataset {name!r} migrated[/green]")
             migrated.append(name)
     return migrated
 

@@ -1,5 +1,6 @@
-"""Real processes: a two-process torchrun run on the CPU, and a run killed with SIGKILL and
-resumed, compared with an uninterrupted one."""
+"""Real processes on a streamed dataset (migrated by the first run): two processes through
+torchrun on the CPU; and a run killed with SIGKILL mid-epoch right after its first checkpoint,
+then resumed, compared with an uninterrupted run (same samples, same order, same model)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,23 @@ from benchkit.store import open_store
 from benchkit.train import checkpoints as ckpt
 from benchkit.train import runs
 
-PLAIN = """
+STREAMED = """
 import json, os, signal
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 import benchkit as bench
 
 
-@bench.train(config={"epochs": 3, "batch_size": 4, "lr": 0.05, "out": "", "kill_after_epoch": -1})
-def fit(run):
+@bench.dataset("points", chunk_bytes="2KB")
+def points():
     g = torch.Generator().manual_seed(0)
-    ids = torch.arange(32)
-    data = TensorDataset(ids, torch.randn(32, 3, generator=g), torch.randn(32, 1, generator=g))
-    loader = DataLoader(data, batch_size=run.config.batch_size, shuffle=True)
+    for i in range(96):
+        yield i, torch.randn(3, generator=g), torch.randn(1, generator=g)
+
+
+@bench.train(config={"epochs": 2, "batch_size": 4, "lr": 0.05, "out": "", "kill_at_step": -1,
+                     "ckpt_every": 10, "workers": 2})
+def fit(run):
+    loader = run.loader("points", shuffle=True, num_workers=run.config.workers)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
     opt = torch.optim.Adam(model.parameters(), lr=run.config.lr)
     model, opt, loader = run.prepare(model, opt, loader)
@@ -35,9 +40,11 @@ def fit(run):
             loss = torch.nn.functional.mse_loss(model(x), y)
             run.backward(loss); opt.step(); opt.zero_grad()
             run.log({"loss": loss})
+            if run.step % run.config.ckpt_every == 0:
+                run.save_checkpoint()
+                if run.step == run.config.kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
         run.save_checkpoint()
-        if epoch == run.config.kill_after_epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
     params = {k: v.detach().cpu() for k, v in run.unwrap_model(model).state_dict().items()}
     torch.save(params, os.path.join(run.config.out, f"params-{run.process_index}.pt"))
 """
@@ -53,30 +60,65 @@ def params(out, rank=0):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+def test_mid_epoch_sigkill_and_resume_match_an_uninterrupted_run(
+    module, store, tmp_path, benchkit_subprocess
+):
+    path = module("stream_fit.py", STREAMED)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref.mkdir()
+    cut.mkdir()
+    first = benchkit_subprocess("run", path, "--cpu", "-c", "seed=3", "-c", f"out={ref}", "--name", "ref",
+                                cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "migrating it now" in first.stderr  # the dataset was not in the store yet
+    killed = benchkit_subprocess(
+        "run", path, "--cpu", "-c", "seed=3", "-c", f"out={cut}", "-c", "kill_at_step=10", "--name", "cut",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert "migrating" not in killed.stderr
+    s = open_store(store)
+    [cut_id] = [r.id for r in runs.list_records(s) if r.name == "cut"]
+    assert [c.name for c in ckpt.list_checkpoints(s, cut_id)] == ["epoch-0001-step-00000010"]
+    assert len(seen(cut)) == 10
+    resumed = benchkit_subprocess(
+        "run", path, "--cpu", "--resume", cut_id, "-c", "kill_at_step=-1", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert seen(cut) == seen(ref)
+    assert len(seen(ref)) == 2 * 96 // 4
+    a, b = params(ref), params(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs.load_record(s, cut_id).status == runs.FINISHED
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_on_cpu_log_once_checkpoint_once_and_agree(
     module, store, tmp_path, benchkit_subprocess
 ):
-    path = module("ddp_fit.py", PLAIN)
+    path = module("ddp_fit.py", STREAMED)
     out = tmp_path / "out"
     out.mkdir()
     proc = benchkit_subprocess(
-        "run", path, "--processes", "2", "--cpu", "-c", "epochs=2", "-c", f"out={out}", cwd=tmp_path
-    )
+        "run", path, "--processes", "2", "--cpu", "-c", "workers=1", "-c", "ckpt_every=1000", "-c", f"out={out}",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     s = open_store(store)
     [rid] = runs.list_run_ids(s)
     rec = runs.load_record(s, rid)
     assert rec.status == runs.FINISHED and rec.world_size == 2
-    # each rank saw half of the 32 samples per epoch, in 4 batches of 4; they never overlap
+    # each rank streamed its half of the 96 samples per epoch (12 batches of 4); no overlap
     r0, r1 = seen(out, 0), seen(out, 1)
-    assert len(r0) == len(r1) == 8
+    assert len(r0) == len(r1) == 2 * 12
     for epoch in (0, 1):
         ids = [i for b in r0 + r1 if b[0] == epoch for i in b[1:]]
-        assert sorted(ids) == list(range(32))
+        assert sorted(ids) == list(range(96))
     # metrics were logged by the main process only: one value per step
     steps = [e["step"] for e in runs.read_events(s, rid) if "values" in e]
-    assert steps == list(range(8))
-    # one stored object per save, holding both ranks' RNG state
+    assert steps == list(range(24))
+    # one stored object per save (the epoch ends), holding both ranks' RNG state
     found = ckpt.list_checkpoints(s, rid)
     assert [c.name for c in found] == ["epoch-0001", "epoch-0002"]
     assert s.list(f"checkpoints/{rid}/") == [c.key for c in found]
@@ -84,38 +126,3 @@ def test_two_processes_on_cpu_log_once_checkpoint_once_and_agree(
     assert (dest / "random_states_0.pkl").exists() and (dest / "random_states_1.pkl").exists()
     p0, p1 = params(out, 0), params(out, 1)
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(
-    module, store, tmp_path, benchkit_subprocess
-):
-    path = module("resume_fit.py", PLAIN)
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    ref.mkdir()
-    cut.mkdir()
-    proc = benchkit_subprocess(
-        "run", path, "--cpu", "-c", "seed=11", "-c", f"out={ref}", "--name", "ref", cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    killed = benchkit_subprocess(
-        "run", path, "--cpu", "-c", "seed=11", "-c", f"out={cut}", "-c", "kill_after_epoch=0", "--name", "cut",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr
-    s = open_store(store)
-    cut_id = [r.id for r in runs.list_records(s) if r.name == "cut"][0]
-    assert runs.load_record(s, cut_id).status == runs.RUNNING  # a SIGKILL leaves no trace but this
-    assert [c.name for c in ckpt.list_checkpoints(s, cut_id)] == ["epoch-0001"]
-    # resume the latest run named "cut"; the kill switch is turned off by an override
-    resumed = benchkit_subprocess("run", path, "--cpu", "--name", "cut", "--resume", "-c", "kill_after_epoch=-1",
-                                  cwd=tmp_path)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert seen(cut) == seen(ref)
-    a, b = params(ref), params(cut)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rec = runs.load_record(s, cut_id)
-    assert rec.status == runs.FINISHED and len(rec.resumed) == 1
-    steps = [p[0] for p in runs.metric_series(runs.read_events(s, cut_id))["loss"]]
-    assert steps == list(range(24))
