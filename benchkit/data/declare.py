@@ -31,7 +31,7 @@ from typing import Any
 from benchkit.data.classic import ProcessorDataset, is_processor, processor_sample
 from benchkit.data.index import check_dataset_name
 from benchkit.errors import ConfigError, DataError
-from benchkit.registry import DATASET, declared, mark
+from benchkit.registry import DATASET, TRAIN, declared, mark
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -218,12 +218,17 @@ def dataset(
 
 
 def _is_classic_module(module: ModuleType) -> bool:
-    if not callable(getattr(module, "main", None)):
+    """A module whose ``main()`` lists datasets: ``ProjectDatasets.py``, or one that defines
+    (not merely imports) a ``ProcessorDataset`` subclass and declares no ``@bench.train``."""
+    if not callable(getattr(module, "main", None)) or declared(module, TRAIN):
         return False
     if Path(getattr(module, "__file__", "") or "").name == "ProjectDatasets.py":
         return True
     return any(
-        isinstance(v, type) and issubclass(v, ProcessorDataset) and v is not ProcessorDataset
+        isinstance(v, type)
+        and issubclass(v, ProcessorDataset)
+        and v is not ProcessorDataset
+        and v.__module__ == module.__name__
         for v in vars(module).values()
     )
 

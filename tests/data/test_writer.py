@@ -20,7 +20,7 @@ from benchkit.data.format import ChunkReader
 from benchkit.data.index import load_index
 from benchkit.data.writer import chunk_dataset, chunk_samples
 from benchkit.errors import ConfigError, DataError, DatasetNotFound, SchemaError
-from benchkit.registry import declared
+from benchkit.registry import declared, mark
 from benchkit.store import LocalStore
 
 
@@ -157,6 +157,7 @@ def test_classic_main_tuples_are_found(tmp_path):
     class Chunk:  # stands in for an IterableChunk subclass
         pass
 
+    Pairs.__module__ = module.__name__  # as if defined in that file
     module.Pairs = Pairs
     module.main = lambda: [
         (Pairs(paths), Chunk, "train", [True], {"a": 1}),
@@ -185,7 +186,11 @@ def test_a_training_script_main_is_never_called():
     def main():
         raise AssertionError("main() of an ordinary script must not run")
 
+    class Imported(bench.ProcessorDataset):  # imported from the datasets file, not defined here
+        pass
+
     module.main = main
+    module.Imported = Imported
 
     @bench.dataset("d")
     def d():
@@ -194,6 +199,11 @@ def test_a_training_script_main_is_never_called():
     module.d = d
     assert list(datasets_in_module(module)) == ["d"]
     assert declared(module, "dataset") == {"d": d}
+
+    # a single-file project defining its ProcessorDataset next to a @bench.train function
+    Imported.__module__ = module.__name__
+    module.train_fn = mark(lambda run: None, "train", "train")
+    assert list(datasets_in_module(module)) == ["d"]
 
 
 # --- chunking ------------------------------------------------------------------------------------
