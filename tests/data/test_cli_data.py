@@ -216,3 +216,17 @@ def test_classic_project_migrate_data_via_manage_py(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0 and "unchanged, nothing uploaded" in flat(proc.stdout), proc.stderr
+
+
+def test_replacing_a_changed_dataset_in_the_store_needs_yes(project, capsys):
+    rc, _, err = run(capsys, "migrate", "data", "val", "--chunk", "--upload", "--workers", "1")
+    assert rc == 0, err
+    store = LocalStore(project / "store")
+    before = load_index(store, "val")
+    (project / "files" / "000.bin").write_bytes(b"new content" * 10)
+    rc, out, err = run(capsys, "migrate", "data", "val", "--chunk", "--upload", "--workers", "1")
+    assert rc == 0 and "skipped uploading 'val'" in flat(out) and "--yes" in flat(err)
+    assert load_index(store, "val").chunks == before.chunks
+    rc, out, err = run(capsys, "migrate", "data", "val", "--upload", "--yes")
+    assert rc == 0 and "uploaded 'val'" in flat(out)
+    assert load_index(store, "val").chunks != before.chunks
