@@ -230,3 +230,23 @@ def test_replacing_a_changed_dataset_in_the_store_needs_yes(project, capsys):
     rc, out, err = run(capsys, "migrate", "data", "val", "--upload", "--yes")
     assert rc == 0 and "uploaded 'val'" in flat(out)
     assert load_index(store, "val").chunks != before.chunks
+
+
+def test_list_marks_a_half_uploaded_dataset_incomplete(project, capsys):
+    store = LocalStore(project / "store")
+    store.put("datasets/half/chunk-000000-0123456789abcdef.bkc", b"partial")
+    rc, out, _ = run(capsys, "datasets", "list", "--json")
+    assert rc == 0 and json.loads(out) == [
+        {
+            "name": "half",
+            "samples": None,
+            "chunks": None,
+            "bytes": None,
+            "created": None,
+            "complete": False,
+        }
+    ]
+    rc, out, _ = run(capsys, "show-ds")
+    assert "incomplete" in flat(out)
+    rc, _, err = run(capsys, "datasets", "info", "half")
+    assert rc == 1 and "not in store" in flat(err)
