@@ -333,11 +333,17 @@ class Run:
         num_workers: int = 0,
         batch_size: int | None = None,
         seed: int | None = None,
+        transform: Any = None,
+        chunk_class: type | None = None,
+        chunk_args: Any = (),
+        chunk_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> TrackedLoader:
         """A streaming DataLoader over dataset ``name`` of the run's store, this rank's share.
 
         ``batch_size`` defaults to ``config["batch_size"]``; ``seed`` to ``config["seed"]``.
+        A dataset declared in the training module streams with its transform and chunk class;
+        ``transform``/``chunk_class`` (+ ``chunk_args``, ``chunk_kwargs``) set them here instead.
         Extra keyword arguments go to :class:`~benchkit.data.loader.StreamingDataLoader`.
         """
         import torch
@@ -363,6 +369,14 @@ class Run:
                 "chunk_args": decl.chunk_args,
                 "chunk_kwargs": decl.chunk_kwargs,
             }
+        if transform is not None:
+            declared["transform"] = transform
+        if chunk_class is not None:
+            declared.update(
+                chunk_class=chunk_class,
+                chunk_args=tuple(chunk_args),
+                chunk_kwargs=chunk_kwargs or {},
+            )
         ds = open_dataset(
             name,
             store=self.store,

@@ -53,6 +53,8 @@ class RunSpec:
     mixed_precision: str | None = None
     project: str | None = None
     log_with: list[str] = field(default_factory=list)
+    #: a classic script: call its main() (it builds its own accelerator and tracker)
+    classic: bool = False
 
 
 # --- finding the function ----------------------------------------------------------------------
@@ -228,11 +230,23 @@ def prepare_spec(args: Any) -> tuple[RunSpec, ModuleType]:
     settings = load_settings({"store": args.store}, project_dir=Path(file).resolve().parent)
     store = open_store(settings.store)
     module = import_user_module(file)
-    fn = find_train_function(module, args.fn)
-    name = args.name or fn.__benchkit_name__
+    classic = args.fn is None and not declared(module, TRAIN) and is_classic_script(module)
+    if classic:
+        if args.config or args.resume is not None:
+            raise ConfigError(
+                f"{file} is a classic script (a main() and no @bench.train function): "
+                "--config and --resume need a @bench.train function"
+            )
+        fn = None
+        name = args.name or Path(file).stem
+    else:
+        fn = find_train_function(module, args.fn)
+        name = args.name or fn.__benchkit_name__
     migrate_missing_datasets(module, store, settings.project_root)
     resume = args.resume is not None
-    if resume:
+    if classic:
+        config, run_id = {}, runs.new_run_id(name)
+    elif resume:
         rec = resolve_resume(store, name, args.resume or None)
         base = {k: v for k, v in rec.config.items()}
         for k, v in getattr(fn, "config", {}).items():
@@ -255,8 +269,14 @@ def prepare_spec(args: Any) -> tuple[RunSpec, ModuleType]:
         mixed_precision=args.mixed_precision,
         project=settings.project,
         log_with=list(args.log_with or []),
+        classic=classic,
     )
     return spec, module
+
+
+def is_classic_script(module: ModuleType) -> bool:
+    """A script in the original style: a ``main()`` that builds its own accelerator."""
+    return callable(getattr(module, "main", None))
 
 
 def checkout_version(args: Any, version: int) -> str:
@@ -301,6 +321,8 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
     from benchkit.cli.common import err_console
     from benchkit.train.run import Run
 
+    if spec.classic:
+        return run_classic(spec, module)
     fn = find_train_function(module, spec.fn)
     run = Run(
         spec.config,
@@ -348,6 +370,44 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
     return 0
 
 
+def run_classic(spec: RunSpec, module: ModuleType) -> int:
+    """Call a classic script's ``main()``. Its ``BenchAccelerateTracker`` joins run
+    ``spec.run_id`` (through ``BENCHKIT_RUN_ID``); the store, ``--cpu`` and
+    ``--mixed-precision`` reach its accelerator through the environment."""
+    from benchkit.cli.common import err_console
+
+    env = {"BENCHKIT_RUN_ID": spec.run_id, "BENCHKIT_STORE": spec.store}
+    if spec.cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    if spec.mixed_precision:
+        env["ACCELERATE_MIXED_PRECISION"] = spec.mixed_precision
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    argv, sys.argv = sys.argv, [spec.file]
+    try:
+        module.main()
+    except KeyboardInterrupt:
+        _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)", create=True)
+        return 130
+    except BaseException as e:
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            return 0
+        tb = traceback.format_exc()
+        _mark_if_running(spec, runs.FAILED, tb, create=True)
+        if isinstance(e, BenchKitError):
+            raise
+        err_console.print(tb, highlight=False, markup=False)
+        return 1
+    finally:
+        sys.argv = argv
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return 0
+
+
 def torchrun_command(n: int) -> list[str]:
     """The command that starts ``n`` workers of ``benchkit run`` on this machine."""
     return [
@@ -385,10 +445,12 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
     return 0
 
 
-def _mark_if_running(spec: RunSpec, status: str, why: str) -> None:
+def _mark_if_running(spec: RunSpec, status: str, why: str, create: bool = False) -> None:
     """A worker killed hard cannot record its end: do it for it."""
     try:
         store = open_store(spec.store)
+        if create and not store.exists(runs.run_key(spec.run_id)):
+            runs.save_record(store, runs.RunRecord(id=spec.run_id, name=spec.name))
         rec = runs.load_record(store, spec.run_id)
     except Exception:
         return

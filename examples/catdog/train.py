@@ -110,7 +110,7 @@ def train(run: bench.Run) -> float:
         counts = torch.zeros(2, device=run.device)  # correct, total
         with torch.no_grad():
             for images, labels in val_loader:
-                counts += torch.stack([(model(images).argmax(1) == labels).sum(), torch.tensor(labels.numel())])
+                counts += torch.stack([(model(images).argmax(1) == labels).sum(), labels.new_tensor(labels.numel())])
         correct, total = run.reduce(counts, "sum").tolist()  # over every process
         accuracy = correct / max(total, 1)
         run.log({"val_accuracy": accuracy, "epoch": epoch + 1})

@@ -1,0 +1,54 @@
+"""The project template trains in both styles: the original's TrainScript.py (get_dataset,
+get_accelerator, BenchAccelerateTracker, upload_model_checkpoint, wipe_temp) and the decorated
+train.py, on the datasets of its classic Datasets/ProjectDatasets.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchkit.store import open_store
+from benchkit.train import checkpoints as ckpt
+from benchkit.train import runs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_template_trains_in_the_classic_and_the_decorated_style(cli, store, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "catdog_make_data", ROOT / "examples/catdog/make_data.py"
+    )
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    make_data.make(tmp_path / "data", 300, size=32)
+    monkeypatch.setenv("CATDOG_DATA", str(tmp_path / "data"))
+    project = tmp_path / "proj"
+    shutil.copytree(ROOT / "project_template", project)
+    monkeypatch.chdir(project)
+    code, out, err = cli("migrate", "data", project / "Datasets" / "ProjectDatasets.py")
+    assert code == 0, out + err
+    s = open_store(store)
+
+    code, out, err = cli("run", project / "TrainScript.py", "--cpu")
+    assert code == 0, out + err
+    [classic] = runs.list_records(s)
+    assert classic.name == "trial run" and classic.status == runs.FINISHED
+    assert classic.config == {"epochs": 3, "bs": 32, "lr": 3e-3, "workers": 2}
+    assert [c.name for c in ckpt.list_checkpoints(s, classic.id)] == [
+        "epoch-0001",
+        "epoch-0002",
+        "epoch-0003",
+    ]
+    series = runs.metric_series(runs.read_events(s, classic.id))
+    assert [step for step, _ in series["val_accuracy"]] == [0, 1, 2]
+    assert series["val_accuracy"][-1][1] > 0.5
+
+    code, out, err = cli("run", project / "train.py", "--cpu", "-c", "epochs=1")
+    assert code == 0, out + err
+    decorated = [r for r in runs.list_records(s) if r.name == "train"]
+    assert len(decorated) == 1 and decorated[0].status == runs.FINISHED
+    assert [c.name for c in ckpt.list_checkpoints(s, decorated[0].id)] == ["epoch-0001"]
