@@ -111,3 +111,45 @@ def test_resume_without_a_checkpoint_is_an_error(cli, module, store):
     path = module("noresume.py", SIMPLE)
     code, _, err = cli("run", path, "--cpu", "--resume")
     assert code == 1 and "no run named 'fit' with a checkpoint" in err
+
+
+def test_missing_dataset_that_cannot_be_migrated_is_a_clear_error(cli, module, store, tmp_path):
+    path = module(
+        "nodata.py",
+        HEADER
+        + f"""
+from pathlib import Path
+
+
+@bench.dataset("pictures")
+def pictures():
+    for p in sorted(Path({str(tmp_path / "no-such-dir")!r}).iterdir()):
+        yield bench.File(p), 0
+
+
+@bench.train(config={{"batch_size": 2}})
+def fit(run):
+    run.loader("pictures")
+""",
+    )
+    code, _, err = cli("run", path, "--cpu")
+    assert code == 1
+    assert "pictures" in err and "no-such-dir" in err
+    assert runs.list_run_ids(open_store(store)) == []  # training never started
+
+
+def test_loader_of_an_unknown_dataset_fails_the_run_with_its_name(cli, module, store):
+    path = module(
+        "ghost.py",
+        HEADER
+        + """
+@bench.train(config={"batch_size": 2})
+def fit(run):
+    for batch in run.loader("ghost"):
+        pass
+""",
+    )
+    code, _, err = cli("run", path, "--cpu")
+    assert code == 1 and "ghost" in err
+    rec = only_run(store)
+    assert rec.status == runs.FAILED and "ghost" in rec.traceback
