@@ -17,7 +17,7 @@ def make_run(name: str, epochs: int = 2) -> str:
         model = torch.nn.Linear(2, 1)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         model, opt = run.prepare(model, opt)
-        for epoch in run.epochs():
+        for _epoch in run.epochs():
             for _ in range(3):
                 loss = model(torch.ones(2, 2)).pow(2).mean()
                 run.backward(loss)
