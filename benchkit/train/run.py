@@ -449,7 +449,8 @@ class Run:
             step = self.step
         self.step = step + 1
         if self.accelerator.is_main_process:
-            self.accelerator.log(values, step=step)
+            for tracker in self.accelerator.trackers:  # what accelerator.log does, minus its checks
+                tracker.log(values, step=step)
             self._last_values = values
             self._values_version += 1
 

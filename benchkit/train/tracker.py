@@ -158,6 +158,10 @@ class BenchTracker(GeneralTracker):
         if not self._started:
             self.start()
         now = time.time()
+        if all(type(v) in _PLAIN for v in values.values()):  # the common case: plain numbers
+            with self._lock:
+                self._buffer.append((step, now, dict(values)))
+            return
         out = {}
         for k, v in values.items():
             if type(v) in _PLAIN:
