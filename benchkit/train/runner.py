@@ -347,7 +347,8 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         fn(run)
     except KeyboardInterrupt:
         run.finish(runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
-        err_console.print(f"[yellow]run {run.run_id} interrupted[/yellow]")
+        if run.is_main_process:
+            err_console.print(f"[yellow]run {run.run_id} interrupted[/yellow]")
         return 130
     except BaseException as e:
         tb = traceback.format_exc()
@@ -440,22 +441,25 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
         err_console.print(f"[yellow]run {spec.run_id} interrupted[/yellow]")
         return 130
     if code != 0:
-        _mark_if_running(spec, runs.FAILED, f"torchrun exited with status {code}")
+        status = _mark_if_running(spec, runs.FAILED, f"torchrun exited with status {code}")
+        if status == runs.INTERRUPTED:  # the workers got the Ctrl-C and recorded it
+            return 130
         return code if code > 0 else 1
     return 0
 
 
-def _mark_if_running(spec: RunSpec, status: str, why: str, create: bool = False) -> None:
-    """A worker killed hard cannot record its end: do it for it."""
+def _mark_if_running(spec: RunSpec, status: str, why: str, create: bool = False) -> str | None:
+    """A worker killed hard cannot record its end: do it for it. Returns the final status."""
     try:
         store = open_store(spec.store)
         if create and not store.exists(runs.run_key(spec.run_id)):
             runs.save_record(store, runs.RunRecord(id=spec.run_id, name=spec.name))
         rec = runs.load_record(store, spec.run_id)
     except Exception:
-        return
+        return None
     if rec.status == runs.RUNNING:
         rec.status = status
         rec.ended = runs.utc_now()
         rec.traceback = rec.traceback or why
         runs.save_record(store, rec)
+    return rec.status

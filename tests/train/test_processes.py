@@ -126,3 +126,50 @@ def test_two_processes_on_cpu_log_once_checkpoint_once_and_agree(
     assert (dest / "random_states_0.pkl").exists() and (dest / "random_states_1.pkl").exists()
     p0, p1 = params(out, 0), params(out, 1)
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
+
+
+SLEEPY = """
+import pathlib, time
+import benchkit as bench
+
+
+@bench.train(config={"out": ""})
+def wait_forever(run):
+    pathlib.Path(run.config.out, f"started-{run.process_index}").touch()
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ctrl_c_on_two_processes_records_interrupted_and_exits_130(module, store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = module("sleepy.py", SLEEPY)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchkit", "run", str(path), "--cpu", "--processes", "2", "-c", f"out={out}"],
+        cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not all((out / f"started-{r}").exists() for r in (0, 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    s = open_store(store)
+    [rid] = runs.list_run_ids(s)
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.INTERRUPTED and rec.ended
