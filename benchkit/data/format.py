@@ -612,7 +612,15 @@ class ChunkReader:
         rec = self.raw(i)
         try:
             return decode_sample(rec)
-        except (ValueError, struct.error, UnicodeDecodeError, IndexError, TypeError) as e:
+        except (
+            ValueError,
+            struct.error,
+            UnicodeDecodeError,
+            IndexError,
+            TypeError,
+            RuntimeError,
+            OverflowError,
+        ) as e:
             raise self._corrupt(f"sample {i} cannot be decoded ({e})") from e
         finally:
             rec.release()

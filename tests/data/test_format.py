@@ -388,3 +388,13 @@ def test_load_index_of_missing_dataset_names_store_and_command(tmp_path):
     assert dataset_prefix("train") == "datasets/train/"
     with pytest.raises(DataError, match="invalid dataset name"):
         dataset_prefix("../etc")
+
+
+def test_a_damaged_tensor_header_raises_corrupt_chunk(tmp_path):
+    rec = bytearray(encode_sample((torch.zeros(2, 3),), 0))
+    dim0 = 1 + 4 + 1 + 1 + len(b"float32") + 1  # tuple tag, count, tensor tag, dtype, ndim
+    assert int.from_bytes(rec[dim0 : dim0 + 8], "little") == 2
+    rec[dim0 : dim0 + 8] = (5).to_bytes(8, "little")  # shape no longer matches the data
+    write_chunk(tmp_path / "t.bkc", [bytes(rec)])
+    with pytest.raises(CorruptChunk, match="sample 0 cannot be decoded"):
+        ChunkReader(tmp_path / "t.bkc", label="t")[0]
