@@ -41,6 +41,8 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
     p = msub.add_parser(
         "data",
         help="chunk, test and upload the datasets a module declares",
+        usage="benchkit migrate data [FILE] [NAME ...] [--chunk|--zip] [--test|--tdl] "
+        "[--upload|--up] [--workers N] [--store URL] [--yes]",
         description="Chunk the datasets FILE declares (default: train.py here, or "
         "Datasets/ProjectDatasets.py) into <project>/.benchkit/staging, stream them back to "
         "test them, and upload them to the store. With no step flag all three run; NAME limits "
