@@ -31,8 +31,12 @@ def get_accelerator(log_with: Any = None, **kwargs: Any) -> Any:
     a tracker name or a list of them; other keyword arguments go to ``Accelerator``."""
     from accelerate import Accelerator
 
+    from benchkit.train.run import needs_cpu_backend
+
     if log_with is not None and not isinstance(log_with, (list, tuple)):
         log_with = [log_with]
+    if needs_cpu_backend():  # several processes, no GPU: gloo on the CPU
+        kwargs["cpu"] = True
     return Accelerator(log_with=log_with, **kwargs)
 
 

@@ -118,6 +118,15 @@ class TrackedLoader:
         self.loader.load_state_dict(state)
 
 
+def needs_cpu_backend() -> bool:
+    """True under torchrun on a machine without a GPU: Accelerate only sets up multi-process
+    CPU training (gloo) when told to use the CPU."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return world > 1 and not torch.cuda.is_available()
+
+
 def is_streaming_loader(obj: Any) -> bool:
     """True for BenchKit's streaming loaders: already sharded per rank, so they must not go
     through ``accelerator.prepare`` (which would shard them again)."""
@@ -175,6 +184,7 @@ class Run:
         self.datasets = dict(datasets or {})
         self._finished = False
 
+        cpu = cpu or needs_cpu_backend()
         state = PartialState(cpu=cpu)
         run_id = run_id or os.environ.get("BENCHKIT_RUN_ID")
         if resume and not run_id:
