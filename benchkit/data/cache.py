@@ -385,4 +385,5 @@ class Prefetcher:
             self._closed = True
             for fut in self._futures.values():
                 fut.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # wait for running ones: no thread may hold a lock when the process next forks
+        self._pool.shutdown(wait=True, cancel_futures=True)

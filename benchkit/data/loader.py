@@ -85,15 +85,17 @@ class StreamingDataLoader(DataLoader):
         per_rank = samples_per_rank(index.num_samples, start, world, ds.drop_last)
         step = self.batch_size or 1
         prefetcher = None
-        if self.num_workers > 0 and index.chunks:
-            if not ds._is_local():
-                ds._session = self._session
-            prefetcher = self._start_prefetch(ds, epoch, start)
+        if self.num_workers > 0 and not ds._is_local():
+            ds._session = self._session  # workers wait for what this process downloads
         lookahead = (self.prefetch_factor or 2) * max(1, self.num_workers) * step * world
         self._active, self._delivered = (epoch, start), 0
         finished = False
+        batches = super().__iter__()  # forks the workers (first pass) before any thread starts:
+        # a fork while a prefetch thread holds a file lock would leave the lock held in the child
         try:
-            for batch in super().__iter__():
+            if self.num_workers > 0 and index.chunks:
+                prefetcher = self._start_prefetch(ds, epoch, start)
+            for batch in batches:
                 self._delivered = min(per_rank, self._delivered + step)
                 if prefetcher is not None:
                     prefetcher.advance(start + self._delivered * world + lookahead)
