@@ -156,7 +156,7 @@ def count_samples(library: str, out: Path) -> int:
     import json
 
     if library == "benchkit":
-        return int(json.loads((out / "datasets" / BENCHKIT_NAME / "index.json").read_text())["samples"])
+        return int(json.loads((out / "datasets" / BENCHKIT_NAME / "index.json").read_text())["num_samples"])
     if library == "litdata":
         return sum(c["chunk_size"] for c in json.loads((out / "index.json").read_text())["chunks"])
     if library == "streaming":
@@ -183,7 +183,8 @@ def run_one(library: str, quick: bool, out: Path) -> dict:
     t0 = time.perf_counter()
     CONVERTERS[library](samples, out)
     seconds = time.perf_counter() - t0
-    size, files = dir_stats(out)
+    # BenchKit's output root is laid out like a store; its dataset is datasets/<name>/
+    size, files = dir_stats(out / "datasets" if library == "benchkit" else out)
     return {
         "library": library,
         "seconds": seconds,

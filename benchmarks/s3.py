@@ -39,6 +39,7 @@ def endpoint_env(endpoint: str) -> dict[str, str]:
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ENDPOINT_URL": endpoint,  # boto3 >= 1.28, litdata
         "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ALLOW_HTTP": "true",  # obstore (LitData's chunk downloader) refuses http otherwise
         "S3_ENDPOINT_URL": endpoint,  # MosaicML Streaming
         "BENCHKIT_S3_ENDPOINT": endpoint,  # BenchKit settings
         "BENCHKIT_S3_REGION": REGION,

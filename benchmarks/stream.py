@@ -168,10 +168,18 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
     if library == "benchkit":
         import benchkit as bench
 
+        # Workaround, see docs/BENCHMARKS.md: BenchKit's loader starts prefetch threads before the
+        # DataLoader forks its workers; a thread that is importing a module at that moment leaves
+        # the import lock held in the child, which then hangs. Importing those modules here first
+        # keeps the lock free. (Reported to the stream engineers; remove once fixed.)
+        import benchkit.data.cache  # noqa: F401
+        import benchkit.settings  # noqa: F401
+
         url = str(shards) if store == "local" else f"s3://{s3_bucket()}/benchkit?endpoint={endpoint}"
-        ds = bench.open_dataset(BENCHKIT_NAME, store=url, shuffle=True, seed=SEED,
-                                transform=BenchKitTransform(mode))
-        return DataLoader(ds, **common)
+        # the original's helper: a StreamingDataLoader over open_dataset(...), prefetching
+        # remote chunks from the main process (LitData and Streaming also get their own loader)
+        return bench.get_dataset(None, url, BENCHKIT_NAME, BATCH_SIZE, WORKERS, shuffle=True, seed=SEED,
+                                 transform=BenchKitTransform(mode), persistent_workers=False)
 
     if library == "litdata":
         from litdata import StreamingDataLoader, StreamingDataset
@@ -179,6 +187,11 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
         if store == "local":
             ds = StreamingDataset(str(shards), shuffle=True, seed=SEED, transform=DictTransform(mode))
         else:
+            # LitData fetches chunks with obstore, whose client refuses plain-http endpoints and
+            # takes no option for it through LitData: allow it, as a MinIO/moto user must
+            from litdata.streaming import downloader
+
+            downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"
             ds = StreamingDataset(
                 f"s3://{s3_bucket()}/litdata", cache_dir=str(cache), shuffle=True, seed=SEED,
                 transform=DictTransform(mode),
@@ -218,6 +231,15 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
     raise ValueError(f"unknown library {library!r}")
 
 
+def preimport(library: str) -> None:
+    import torch.utils.data  # noqa: F401
+
+    modules = {"benchkit": ["benchkit.data.stream", "benchkit.data.loader"], "litdata": ["litdata"],
+               "streaming": ["streaming"], "webdataset": ["webdataset"], "plain": []}[library]
+    for m in modules:
+        __import__(m)
+
+
 def s3_bucket() -> str:
     from s3 import BUCKET
 
@@ -233,14 +255,15 @@ def run_one(library: str, mode: str, store: str, preset_name: str, endpoint: str
     cache = Path(tempfile.mkdtemp(prefix=f"{library}-", dir=WORK / preset.name / "cache"))
     os.environ.setdefault("BENCHKIT_CACHE", str(cache))
     try:
+        preimport(library)  # library import time is not part of the setup figure
         dropped = drop_page_cache()
         t0 = time.perf_counter()
         loader = build_loader(library, mode, store, preset_name, endpoint, cache)
         setup_s = time.perf_counter() - t0
         epochs = []
         for epoch in range(EPOCHS):
-            if hasattr(loader.dataset, "set_epoch") and library == "benchkit":
-                loader.dataset.set_epoch(epoch)
+            if library == "benchkit":
+                loader.set_epoch(epoch)
             n = labels = nbytes = 0
             first = None
             t0 = time.perf_counter()
