@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_SUFFIX = ".bkc"
 _DOWNLOAD_BLOCK = 8 * 1024 * 1024
+#: a temporary download file untouched this long belongs to a killed process
+_STALE_DOWNLOAD_S = 3600
 
 
 def cache_limit_bytes(value: str | int | None = None) -> int:
@@ -150,8 +152,7 @@ class ChunkCache:
         with FileLock(str(self.root / f".{sha256}.lock")):
             if dest.is_file():
                 return dest
-            self.make_room(size)
-            fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".tmp", dir=self.root)
+            fd, tmp = self.make_room(size, reserve_for=sha256)
             try:
                 digest = hashlib.sha256()
                 n = 0
@@ -177,46 +178,69 @@ class ChunkCache:
         log.debug("cached %s (%d bytes) as %s", key, size, dest)
         return dest
 
-    def make_room(self, needed: int) -> None:
-        """Evict least-recently-used chunks nobody has open until ``needed`` more bytes fit."""
+    def make_room(self, needed: int, reserve_for: str | None = None) -> tuple[int, str] | None:
+        """Evict least-recently-used chunks nobody has open until ``needed`` more bytes fit.
+
+        With ``reserve_for``, also create the download's temporary file at its full size while
+        still holding the eviction lock (returns its fd and path), so concurrent downloads see
+        each other's space and together stay under the limit.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / ".evict.lock")):
             entries = []
-            for p in self._chunks():
+            used = 0
+            for p in self.root.iterdir():
+                is_chunk = p.suffix == CHUNK_SUFFIX and not p.name.startswith(".")
+                if not (is_chunk or p.suffix == ".tmp"):
+                    continue
                 try:
                     st = p.stat()
                 except FileNotFoundError:
                     continue
-                entries.append((st.st_mtime_ns, p, st.st_size))
-            used = sum(e[2] for e in entries)
-            if used + needed <= self.limit:
-                return
-            for _, p, size in sorted(entries, key=lambda e: e[0]):
-                if used + needed <= self.limit:
-                    break
-                try:
-                    fd = os.open(p, os.O_RDONLY)
-                except FileNotFoundError:
-                    used -= size
+                if not is_chunk and time.time() - st.st_mtime > _STALE_DOWNLOAD_S:
+                    p.unlink(missing_ok=True)  # left by a killed download
                     continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue  # in use by a reader
-                try:
-                    p.unlink()
-                    used -= size
-                    log.debug("evicted %s (%d bytes) from the chunk cache", p.name, size)
-                finally:
-                    os.close(fd)
+                used += st.st_size  # downloads in progress count at their final size
+                if is_chunk:
+                    entries.append((st.st_mtime_ns, p, st.st_size))
+            if used + needed > self.limit:
+                for _, p, size in sorted(entries, key=lambda e: e[0]):
+                    if used + needed <= self.limit:
+                        break
+                    if self._evict(p):
+                        used -= size
             if used + needed > self.limit:
                 log.warning(
-                    "chunk cache %s: %d MB in use exceeds cache_limit (%d MB); the chunks being "
-                    "read are never evicted. Raise cache_limit (`benchkit config set cache_limit 40GB`)",
+                    "chunk cache %s: %d MB needed exceeds cache_limit (%d MB) because the chunks "
+                    "being read are never evicted; raise cache_limit "
+                    "(`benchkit config set cache_limit 40GB`)",
                     self.root,
-                    (used + needed) // 10**6,
+                    -(-(used + needed) // 10**6),
                     self.limit // 10**6,
                 )
+            if reserve_for is None:
+                return None
+            fd, tmp = tempfile.mkstemp(prefix=f".{reserve_for}.", suffix=".tmp", dir=self.root)
+            os.ftruncate(fd, needed)
+            return fd, tmp
+
+    def _evict(self, p: Path) -> bool:
+        """Delete one cached chunk unless a reader holds it; True if it went."""
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False  # in use by a reader
+        try:
+            p.unlink()
+            log.debug("evicted %s from the chunk cache", p.name)
+        finally:
+            os.close(fd)
+        return True
 
     # --- errors seen by a downloader, for readers in other processes ------------------------
 
@@ -318,49 +342,68 @@ class VerifiedMarks:
 class Prefetcher:
     """Prepares chunks (download, or checksum) on background threads, ahead of the reader.
 
-    ``order`` lists chunk ids with the plan position where each is first needed, in plan
-    order; ``prepare(chunk)`` does the work. At most ``depth`` chunks beyond the reading
-    position (set with :meth:`advance`) are prepared ahead.
+    ``entries`` are ``(first, until, chunk)`` in plan order: the plan position where the chunk
+    is first needed and the one after which this reader no longer needs it. ``prepare(chunk)``
+    does the work and may return a hold on the chunk (say, a pinned file descriptor) that
+    ``release(result)`` drops once the reading position passes ``until``, so a prefetched chunk
+    cannot be evicted before it is read. At most ``depth`` chunks beyond the reading position
+    are prepared ahead.
     """
 
     def __init__(
         self,
         prepare: Callable[[int], Any],
-        order: Sequence[tuple[int, int]],
+        entries: Sequence[tuple[int, int, int]],
         *,
         depth: int = 8,
         threads: int = 4,
+        release: Callable[[Any], None] | None = None,
         on_error: Callable[[int, BaseException], None] | None = None,
     ) -> None:
         self._prepare = prepare
-        self._order = list(order)
-        self._positions = [p for p, _ in self._order]
+        self._release = release
+        self._entries = list(entries)
+        self._firsts = [e[0] for e in self._entries]
         self._depth = max(1, depth)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="benchkit-prefetch")
-        self._futures: dict[int, Future] = {}
+        self._latest: dict[int, Future] = {}  # chunk -> its most recent preparation
+        self._held: list[tuple[int, Future]] = []  # (until, future) not yet released
         self._next = 0
         self._lock = threading.Lock()
         self._on_error = on_error
         self._closed = False
         self.advance(0)
 
-    def advance(self, position: int) -> None:
-        """The reader is at plan ``position``: start the chunks it will need soon."""
+    def advance(self, position: int, ahead: int = 0) -> None:
+        """The reader is at plan ``position`` (and may run ``ahead`` further): start what it will
+        need soon, release what it has passed."""
         with self._lock:
             if self._closed:
                 return
-            # entries are in plan order: those past `position` that are already started
-            started = max(0, self._next - bisect.bisect_right(self._positions, position))
-            while self._next < len(self._order) and (
-                self._order[self._next][0] <= position or started < self._depth
+            horizon = position + ahead
+            # entries are in plan order: those past the horizon that are already started
+            started = max(0, self._next - bisect.bisect_right(self._firsts, horizon))
+            while self._next < len(self._entries) and (
+                self._entries[self._next][0] <= horizon or started < self._depth
             ):
-                chunk = self._order[self._next][1]
-                if chunk not in self._futures:
-                    fut = self._pool.submit(self._run, chunk)
-                    self._futures[chunk] = fut
-                if self._order[self._next][0] > position:
+                first, until, chunk = self._entries[self._next]
+                fut = self._pool.submit(self._run, chunk)
+                self._latest[chunk] = fut
+                self._held.append((until, fut))
+                if first > horizon:
                     started += 1
                 self._next += 1
+            keep = []
+            for until, fut in self._held:
+                if until <= position and fut.done():
+                    self._drop(fut)
+                else:
+                    keep.append((until, fut))
+            self._held = keep
+
+    def _drop(self, fut: Future) -> None:
+        if self._release is not None and not fut.cancelled() and fut.exception() is None:
+            self._release(fut.result())
 
     def _run(self, chunk: int) -> Any:
         try:
@@ -373,17 +416,23 @@ class Prefetcher:
     def get(self, chunk: int) -> Any:
         """The result of preparing ``chunk`` (preparing it now if it was not started)."""
         with self._lock:
-            fut = self._futures.get(chunk)
+            fut = self._latest.get(chunk)
             if fut is None and not self._closed:
-                fut = self._futures[chunk] = self._pool.submit(self._run, chunk)
+                fut = self._latest[chunk] = self._pool.submit(self._run, chunk)
+                self._held.append((1 << 62, fut))
         if fut is None:
-            return self._prepare(chunk)
+            raise RuntimeError("prefetcher is closed")
         return fut.result()
 
     def close(self) -> None:
+        """Stop, wait for running work (no thread may hold a lock when the process next forks)
+        and release every hold."""
         with self._lock:
             self._closed = True
-            for fut in self._futures.values():
+            for _, fut in self._held:
                 fut.cancel()
-        # wait for running ones: no thread may hold a lock when the process next forks
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for _, fut in self._held:
+                self._drop(fut)
+            self._held = []

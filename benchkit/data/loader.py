@@ -98,7 +98,7 @@ class StreamingDataLoader(DataLoader):
             for batch in batches:
                 self._delivered = min(per_rank, self._delivered + step)
                 if prefetcher is not None:
-                    prefetcher.advance(start + self._delivered * world + lookahead)
+                    prefetcher.advance(start + self._delivered * world, lookahead)
                 if self.device is not None:
                     from accelerate.utils import send_to_device
 
@@ -116,17 +116,16 @@ class StreamingDataLoader(DataLoader):
 
     def _start_prefetch(self, ds: IterableChunk, epoch: int, start: int) -> Any:
         order = ds._order(epoch)
-        prefetcher = ds._make_prefetcher(order, start)
-        if prefetcher is None or ds._is_local():
-            return prefetcher
+        if ds._is_local():
+            return ds._make_prefetcher(order, start)
         cache = ds._get_cache()
         session = self._session
 
         def record(chunk: int, error: BaseException) -> None:
+            # workers waiting for this chunk raise it instead of waiting forever
             cache.record_error(ds.index.chunks[chunk].sha256, session, str(error))
 
-        prefetcher._on_error = record
-        return prefetcher
+        return ds._make_prefetcher(order, start, on_error=record)
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's position after the batches this loader has delivered (every worker's)."""

@@ -67,8 +67,7 @@ class GlobalOrder:
             self.chunk_order = _rng(self.seed, self.epoch, 0).permutation(self.num_chunks)
         else:
             self.chunk_order = np.arange(self.num_chunks)
-            # one window holding everything, never permuted
-            self.window = max(1, self.num_chunks)
+            self.window = 1  # windows are only the unit readers open and release
         ordered = self.sizes[self.chunk_order]
         #: global position where each chunk (in plan order) starts
         self._chunk_starts = np.concatenate([[0], np.cumsum(ordered)])

@@ -324,9 +324,9 @@ class IterableChunk(IterableDataset):
         from benchkit.data.cache import pin
 
         cache = self._get_cache()
-        for _attempt in range(5):
-            if prefetcher is not None:
-                path = prefetcher.get(c)
+        for attempt in range(5):
+            if prefetcher is not None and attempt == 0:
+                path = prefetcher.get(c)[0]
             elif _store_usable_here(self.store):
                 path = self._prepare_chunk(c)
             elif self._session is not None:
@@ -351,7 +351,10 @@ class IterableChunk(IterableDataset):
             reader._benchkit_pin = fd
             cache.touch(info.sha256)
             return reader
-        raise DataError(f"chunk {label} keeps disappearing from the cache {cache.root}; is cache_limit too small?")
+        raise DataError(
+            f"chunk {label} keeps disappearing from the cache {cache.root}; is cache_limit "
+            f"({cache.limit // 10**6} MB) smaller than the chunks being read?"
+        )
 
     def _close_reader(self, reader: Any) -> None:
         reader.close()
@@ -377,26 +380,66 @@ class IterableChunk(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return Shard(rank, world, worker, workers, self._block if info is not None else 1, self.drop_last)
 
-    def _make_prefetcher(self, order: GlobalOrder, start: int) -> Any:
-        """Background preparation of the chunks ``G[start:]`` needs, in order of first use."""
+    def _prefetch_entries(self, order: GlobalOrder, start: int) -> list[tuple[int, int, int]]:
+        """``(first needed, no longer needed, chunk)`` for every chunk ``G[start:]`` reads, in order
+        (plus the chunks of the padding samples at the end)."""
         import numpy as np
 
+        total = order.total
+        chunk_starts = np.concatenate([[0], np.cumsum(order.sizes[order.chunk_order])])
+        span: dict[int, tuple[int, int]] = {}
+        for k, c in enumerate(order.chunk_order):
+            span[int(c)] = (int(chunk_starts[k]), int(chunk_starts[k + 1]))
+        if order.shuffle:
+            # every chunk of a window may be needed from the window's first sample to its last
+            for w in range(order.num_windows):
+                lo, hi = int(order.window_starts[w]), int(order.window_starts[w + 1])
+                for c in order.window_chunks(w):
+                    span[int(c)] = (lo, hi)
+        entries = [(max(start, span[c][0]), span[c][1], c) for c in order.first_use(start)]
+        entries.sort(key=lambda e: e[0])
+        _, world = self.topology()
+        pad = -(total - start) % world if not self.drop_last and total > start else 0
+        if pad:
+            chunks, _ = order.lookup(np.arange(pad))
+            for c in dict.fromkeys(chunks.tolist()):
+                entries.append((total, total + world, int(c)))
+        return entries
+
+    def _prefetch_hold(self, c: int) -> tuple[Path, int | None]:
+        """Prepare chunk ``c`` and, for a cached one, pin it until the prefetcher lets go."""
+        from benchkit.data.cache import pin
+
+        for _attempt in range(5):
+            path = self._prepare_chunk(c)
+            if self._is_local():
+                return path, None
+            try:
+                return path, pin(path)
+            except FileNotFoundError:
+                continue
+        raise DataError(f"chunk {self._label(c)} keeps disappearing from the cache; is cache_limit too small?")
+
+    def _make_prefetcher(self, order: GlobalOrder, start: int, on_error: Any = None) -> Any:
+        """Background preparation of the chunks ``G[start:]`` needs, in order of first use."""
         from benchkit.data.cache import Prefetcher
 
-        firsts = order.first_use(start)
-        if not firsts:
+        entries = self._prefetch_entries(order, start)
+        if not entries:
             return None
-        # global position where each chunk is first needed
-        starts = np.concatenate([[0], np.cumsum(order.sizes[order.chunk_order])])
-        pos = {int(c): int(starts[k]) for k, c in enumerate(order.chunk_order)}
-        if order.shuffle:
-            # within a window every chunk may be needed from the window's first sample on
-            for w in range(order.num_windows):
-                for c in order.window_chunks(w):
-                    pos[int(c)] = int(order.window_starts[w])
-        entries = [(max(start, pos[c]), c) for c in firsts]
-        entries.sort(key=lambda e: e[0])
-        return Prefetcher(self._prepare_chunk, entries, depth=2 * self.shuffle_window, threads=4)
+
+        def release(result: tuple[Path, int | None]) -> None:
+            if result[1] is not None:
+                os.close(result[1])
+
+        return Prefetcher(
+            self._prefetch_hold,
+            entries,
+            depth=2 * self.shuffle_window,
+            threads=4,
+            release=release,
+            on_error=on_error,
+        )
 
     def _data_iterator(self) -> Iterator[Any]:
         """The raw samples of this rank's (and worker's) share, in plan order.
@@ -432,7 +475,7 @@ class IterableChunk(IterableDataset):
                                 self._close_reader(readers.pop(old))
                             current_window = w
                             if prefetcher is not None:
-                                prefetcher.advance(max(p, int(order.window_starts[w])))
+                                prefetcher.advance(p)
                         reader = readers[c] = self._open_chunk(c, prefetcher)
                     sample = reader[i]
                     self._consumed_here += 1
