@@ -168,13 +168,6 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
     if library == "benchkit":
         import benchkit as bench
 
-        # Workaround, see docs/BENCHMARKS.md: BenchKit's loader starts prefetch threads before the
-        # DataLoader forks its workers; a thread that is importing a module at that moment leaves
-        # the import lock held in the child, which then hangs. Importing those modules here first
-        # keeps the lock free. (Reported to the stream engineers; remove once fixed.)
-        import benchkit.data.cache  # noqa: F401
-        import benchkit.settings  # noqa: F401
-
         url = str(shards) if store == "local" else f"s3://{s3_bucket()}/benchkit?endpoint={endpoint}"
         # the original's helper: a StreamingDataLoader over open_dataset(...), prefetching
         # remote chunks from the main process (LitData and Streaming also get their own loader)
