@@ -27,17 +27,33 @@ log = logging.getLogger(__name__)
 
 
 def get_accelerator(log_with: Any = None, **kwargs: Any) -> Any:
-    """An ``accelerate.Accelerator`` (CPU when there is no GPU); ``log_with`` takes a tracker,
-    a tracker name or a list of them; other keyword arguments go to ``Accelerator``."""
+    """An ``accelerate.Accelerator`` (gloo on the CPU when several processes have no GPU);
+    ``log_with`` takes a tracker, a tracker name or a list of them; other keyword arguments go
+    to ``Accelerator``.
+
+    As in the original, a module without trainable parameters (a loss such as
+    ``nn.BCELoss()``) may be passed to ``prepare``: it is moved to the device instead of being
+    wrapped in ``DistributedDataParallel``, which refuses such modules.
+    """
     from accelerate import Accelerator
 
     from benchkit.train.run import needs_cpu_backend
+
+    class BenchAccelerator(Accelerator):
+        def prepare_model(
+            self, model: Any, device_placement: bool | None = None, evaluation_mode: bool = False
+        ) -> Any:
+            if not any(p.requires_grad for p in model.parameters()):
+                return model.to(self.device) if device_placement is not False else model
+            return super().prepare_model(
+                model, device_placement=device_placement, evaluation_mode=evaluation_mode
+            )
 
     if log_with is not None and not isinstance(log_with, (list, tuple)):
         log_with = [log_with]
     if needs_cpu_backend():  # several processes, no GPU: gloo on the CPU
         kwargs["cpu"] = True
-    return Accelerator(log_with=log_with, **kwargs)
+    return BenchAccelerator(log_with=log_with, **kwargs)
 
 
 def _bench_tracker(accelerator: Any) -> Any:
