@@ -194,7 +194,12 @@ def cmd_runs_list(args: Any) -> int:
     records = runs.list_records(store)
     rows, out = [], []
     for i, rec in enumerate(records, 1):
-        last = runs.last_values(runs.read_events(store, rec.id))
+        # an ended run carries its last values; a running (or killed) one is read from its metrics
+        last = (
+            rec.last
+            if rec.status != runs.RUNNING and rec.last
+            else runs.last_values(runs.read_events(store, rec.id))
+        )
         out.append({**rec.to_json(), "duration": rec.duration(), "last": last})
         style = STATUS_STYLE.get(rec.status, "")
         rows.append([

@@ -262,6 +262,7 @@ class Run:
                 rec.status = status
                 rec.ended = runs.utc_now()
                 rec.traceback = error
+                rec.last = {**rec.last, **self.tracker.last}
                 runs.save_record(self.store, rec)
 
     def __enter__(self) -> Run:

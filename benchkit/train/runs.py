@@ -75,6 +75,8 @@ class RunRecord:
     resumed: list[str] = field(default_factory=list)
     #: checkpoints in the order they were saved: {"name", "epoch", "step", "time", "size"}
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    #: the latest value of each metric, written when the run ends (read the metrics while running)
+    last: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -106,6 +106,8 @@ class BenchTracker(GeneralTracker):
         #: True when this tracker created the run record (then finish() closes it too)
         self._owns_record = False
         self.flush_count = 0
+        #: the latest value of every metric written so far (``runs list`` shows them)
+        self.last: dict[str, Any] = {}
         self._is_main: bool | None = None
 
     # --- accelerate's tracker interface ----------------------------------------------------
@@ -202,7 +204,8 @@ class BenchTracker(GeneralTracker):
             if rec.status == runs.RUNNING:
                 rec.status = status or runs.FINISHED
                 rec.ended = runs.utc_now()
-                runs.save_record(self.store, rec)
+            rec.last = {**rec.last, **self.last}
+            runs.save_record(self.store, rec)
 
     # --- buffering -------------------------------------------------------------------------
 
@@ -219,6 +222,7 @@ class BenchTracker(GeneralTracker):
                     lines.append(json.dumps({"time": round(t, 6), "message": payload}))
                 else:
                     values = {k: _to_plain(v) for k, v in payload.items()}
+                    self.last.update(values)
                     lines.append(json.dumps({"step": step, "time": round(t, 6), "values": values}))
             self._part += 1
             key = runs.run_key(self.run_id, f"metrics/{self._part:06d}.jsonl")

@@ -55,7 +55,9 @@ def test_direct_call_records_run_metrics_and_keeps_last_checkpoints(store):
     rec = runs.load_record(s, run.run_id)
     assert rec.status == runs.FINISHED and rec.ended and rec.config["lr"] == 0.1
     assert isinstance(rec.config["seed"], int)  # a seed is always chosen and recorded
-    assert len(runs.metric_series(runs.read_events(s, run.run_id))["loss"]) == 3 * 4
+    series = runs.metric_series(runs.read_events(s, run.run_id))
+    assert len(series["loss"]) == 3 * 4
+    assert rec.last == {"loss": series["loss"][-1][1]}  # kept in the record for `runs list`
     names = [c.name for c in ckpt.list_checkpoints(s, run.run_id)]
     assert names == ["epoch-0002", "epoch-0003"]  # keep_checkpoints=2
     assert s.list(f"checkpoints/{run.run_id}/") == [f"checkpoints/{run.run_id}/{n}" for n in names]

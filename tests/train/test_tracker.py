@@ -92,6 +92,7 @@ def test_the_original_tracker_works_through_get_accelerator(store):
     assert rec.name == "trial run" and rec.status == runs.FINISHED
     assert rec.config == tracker_config
     assert runs.last_values(runs.read_events(s, rid)) == {"loss": pytest.approx(1 / 3)}
+    assert rec.last == {"loss": pytest.approx(1 / 3)}
 
 
 class ListTracker(GeneralTracker):
