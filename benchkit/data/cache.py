@@ -22,6 +22,7 @@ same unchanged file again, while any write to it (new mtime, size or inode) forc
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -120,24 +121,24 @@ class ChunkCache:
         """Bytes of chunks in the cache now."""
         total = 0
         for p in self._chunks():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += p.stat().st_size
-            except FileNotFoundError:
-                pass
         return total
 
     def _chunks(self) -> list[Path]:
         try:
-            return [p for p in self.root.iterdir() if p.suffix == CHUNK_SUFFIX and not p.name.startswith(".")]
+            return [
+                p
+                for p in self.root.iterdir()
+                if p.suffix == CHUNK_SUFFIX and not p.name.startswith(".")
+            ]
         except FileNotFoundError:
             return []
 
     def touch(self, sha256: str) -> None:
         """Mark a chunk as just used (LRU order is by modification time)."""
-        try:
+        with contextlib.suppress(OSError):
             os.utime(self.path(sha256))
-        except OSError:
-            pass
 
     def fetch(self, key: str, sha256: str, size: int, label: str) -> Path:
         """The cached path of ``key``, downloading and verifying it first if it is absent.

@@ -62,7 +62,12 @@ class GlobalOrder:
         self.sizes = np.asarray(chunk_sizes, dtype=np.int64)
         self.num_chunks = len(self.sizes)
         self.total = int(self.sizes.sum())
-        self.seed, self.epoch, self.shuffle, self.window = int(seed), int(epoch), bool(shuffle), int(window)
+        self.seed, self.epoch, self.shuffle, self.window = (
+            int(seed),
+            int(epoch),
+            bool(shuffle),
+            int(window),
+        )
         if self.shuffle:
             self.chunk_order = _rng(self.seed, self.epoch, 0).permutation(self.num_chunks)
         else:

@@ -13,6 +13,7 @@ is the number of samples of the epoch's global order already consumed (see docs/
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -74,6 +75,10 @@ def _store_usable_here(store: Store) -> bool:
     mod = sys.modules.get("benchkit.store.tensorstore")
     owner = getattr(mod, "_threads_pid", None)
     return owner is None or owner == os.getpid()
+
+
+def _parent_is(ppid: int) -> bool:
+    return os.getppid() == ppid
 
 
 def _topology() -> tuple[int, int]:
@@ -156,7 +161,9 @@ class IterableChunk(IterableDataset):
                 self._shared[_SEED] = int(value) & _INT63
             elif key == "shuffle_window":
                 if int(value) < 1:
-                    raise DataError(f"dataset '{self.name}': shuffle_window must be >= 1 chunk, got {value}")
+                    raise DataError(
+                        f"dataset '{self.name}': shuffle_window must be >= 1 chunk, got {value}"
+                    )
                 self._shared[_WINDOW] = int(value)
             elif key == "rank":
                 self._rank_arg = None if value is None else int(value)
@@ -171,8 +178,14 @@ class IterableChunk(IterableDataset):
             else:
                 raise TypeError(f"unknown streaming option {key!r}")
         if self._world_arg is not None and self._world_arg < 1:
-            raise DataError(f"dataset '{self.name}': world_size must be >= 1, got {self._world_arg}")
-        if self._rank_arg is not None and self._world_arg is not None and not 0 <= self._rank_arg < self._world_arg:
+            raise DataError(
+                f"dataset '{self.name}': world_size must be >= 1, got {self._world_arg}"
+            )
+        if (
+            self._rank_arg is not None
+            and self._world_arg is not None
+            and not 0 <= self._rank_arg < self._world_arg
+        ):
             raise DataError(
                 f"dataset '{self.name}': rank {self._rank_arg} is outside world size {self._world_arg}"
             )
@@ -260,7 +273,9 @@ class IterableChunk(IterableDataset):
     def _is_local(self) -> bool:
         if self._local is None:
             try:
-                self._local = self.store.local_path(dataset_prefix(self.name) + "index.json") is not None
+                self._local = (
+                    self.store.local_path(dataset_prefix(self.name) + "index.json") is not None
+                )
             except ObjectNotFound:
                 self._local = False
         return self._local
@@ -330,8 +345,8 @@ class IterableChunk(IterableDataset):
             elif _store_usable_here(self.store):
                 path = self._prepare_chunk(c)
             elif self._session is not None:
-                parent = os.getppid()
-                path = cache.wait_for(info.sha256, label, self._session, lambda: os.getppid() == parent)
+                alive = functools.partial(_parent_is, os.getppid())
+                path = cache.wait_for(info.sha256, label, self._session, alive)
             else:
                 raise DataError(
                     f"dataset '{self.name}': DataLoader workers forked from this process cannot "
@@ -378,32 +393,28 @@ class IterableChunk(IterableDataset):
         rank, world = self.topology()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return Shard(rank, world, worker, workers, self._block if info is not None else 1, self.drop_last)
+        return Shard(
+            rank, world, worker, workers, self._block if info is not None else 1, self.drop_last
+        )
 
     def _prefetch_entries(self, order: GlobalOrder, start: int) -> list[tuple[int, int, int]]:
-        """``(first needed, no longer needed, chunk)`` for every chunk ``G[start:]`` reads, in order
-        (plus the chunks of the padding samples at the end)."""
+        """``(first needed, no longer needed, chunk)`` for every chunk ``G[start:]`` reads, in plan
+        order, plus the chunks of the padding samples at the end. O(chunks): a window's chunks
+        are all needed from the window's first sample to its last."""
         import numpy as np
 
         total = order.total
-        chunk_starts = np.concatenate([[0], np.cumsum(order.sizes[order.chunk_order])])
-        span: dict[int, tuple[int, int]] = {}
-        for k, c in enumerate(order.chunk_order):
-            span[int(c)] = (int(chunk_starts[k]), int(chunk_starts[k + 1]))
-        if order.shuffle:
-            # every chunk of a window may be needed from the window's first sample to its last
-            for w in range(order.num_windows):
-                lo, hi = int(order.window_starts[w]), int(order.window_starts[w + 1])
-                for c in order.window_chunks(w):
-                    span[int(c)] = (lo, hi)
-        entries = [(max(start, span[c][0]), span[c][1], c) for c in order.first_use(start)]
-        entries.sort(key=lambda e: e[0])
+        entries: list[tuple[int, int, int]] = []
+        if total == 0 or start >= total:
+            return entries
+        for w in range(int(order.window_of(start)), order.num_windows):
+            lo, hi = int(order.window_starts[w]), int(order.window_starts[w + 1])
+            entries.extend((max(start, lo), hi, int(c)) for c in order.window_chunks(w))
         _, world = self.topology()
-        pad = -(total - start) % world if not self.drop_last and total > start else 0
+        pad = -(total - start) % world if not self.drop_last else 0
         if pad:
-            chunks, _ = order.lookup(np.arange(pad))
-            for c in dict.fromkeys(chunks.tolist()):
-                entries.append((total, total + world, int(c)))
+            chunks, _ = order.lookup(np.arange(min(pad, total)))
+            entries.extend((total, total + world, int(c)) for c in dict.fromkeys(chunks.tolist()))
         return entries
 
     def _prefetch_hold(self, c: int) -> tuple[Path, int | None]:
@@ -418,7 +429,9 @@ class IterableChunk(IterableDataset):
                 return path, pin(path)
             except FileNotFoundError:
                 continue
-        raise DataError(f"chunk {self._label(c)} keeps disappearing from the cache; is cache_limit too small?")
+        raise DataError(
+            f"chunk {self._label(c)} keeps disappearing from the cache; is cache_limit too small?"
+        )
 
     def _make_prefetcher(self, order: GlobalOrder, start: int, on_error: Any = None) -> Any:
         """Background preparation of the chunks ``G[start:]`` needs, in order of first use."""
@@ -466,7 +479,9 @@ class IterableChunk(IterableDataset):
         try:
             for positions in shard.positions(total, start):
                 chunks, idxs = order.lookup(positions)
-                for p, c, i in zip(positions.tolist(), chunks.tolist(), idxs.tolist()):
+                for p, c, i in zip(
+                    positions.tolist(), chunks.tolist(), idxs.tolist(), strict=False
+                ):
                     reader = readers.get(c)
                     if reader is None:
                         w = chunk_window[c]
@@ -533,12 +548,17 @@ class IterableChunk(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: the next iteration yields exactly what the epoch had left."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise DataError(f"dataset '{self.name}': not a streaming state (version {STATE_VERSION}): {state!r:.200}")
+            raise DataError(
+                f"dataset '{self.name}': not a streaming state (version {STATE_VERSION}): {state!r:.200}"
+            )
         if state.get("dataset") != self.name:
             raise DataError(
                 f"this streaming state belongs to dataset '{state.get('dataset')}', not '{self.name}'"
             )
-        if state.get("num_samples") != self.num_samples or state.get("fingerprint") != self.fingerprint():
+        if (
+            state.get("num_samples") != self.num_samples
+            or state.get("fingerprint") != self.fingerprint()
+        ):
             raise DataError(
                 f"dataset '{self.name}' in store {self.store.url} changed since this state was saved "
                 f"({state.get('num_samples')} samples then, {self.num_samples} now); an exact resume "
@@ -551,7 +571,12 @@ class IterableChunk(IterableDataset):
             seed=state["seed"], shuffle=state["shuffle"], shuffle_window=state["shuffle_window"]
         )
         if bool(state.get("drop_last", self.drop_last)) != self.drop_last:
-            log.info("dataset '%s': resuming with drop_last=%s (saved with %s)", self.name, self.drop_last, state.get("drop_last"))
+            log.info(
+                "dataset '%s': resuming with drop_last=%s (saved with %s)",
+                self.name,
+                self.drop_last,
+                state.get("drop_last"),
+            )
         self._shared[_EPOCH] = int(state["epoch"])
         self._shared[_START] = consumed
         self._consumed_here = 0
@@ -578,7 +603,17 @@ class IterableChunk(IterableDataset):
 
 # --- the public helpers --------------------------------------------------------------------
 
-_DATASET_OPTIONS = ("shuffle", "seed", "rank", "world_size", "drop_last", "transform", "shuffle_window", "cache_limit", "store")
+_DATASET_OPTIONS = (
+    "shuffle",
+    "seed",
+    "rank",
+    "world_size",
+    "drop_last",
+    "transform",
+    "shuffle_window",
+    "cache_limit",
+    "store",
+)
 _LOADER_OPTIONS = (
     "collate_fn",
     "pin_memory",
@@ -624,7 +659,9 @@ def open_dataset(
     source = True if store is None else store
     cls = chunk_class or IterableChunk
     if not (isinstance(cls, type) and issubclass(cls, IterableChunk)):
-        raise DataError(f"dataset '{name}': chunk_class must be an IterableChunk subclass, got {cls!r}")
+        raise DataError(
+            f"dataset '{name}': chunk_class must be an IterableChunk subclass, got {cls!r}"
+        )
     if cls is IterableChunk:
         ds = IterableChunk(name, source)
     else:
@@ -667,13 +704,21 @@ def get_dataset(
 
     cls = chunk_class or IterableChunk
     if not (isinstance(cls, type) and issubclass(cls, IterableChunk)):
-        raise DataError(f"get_dataset: the first argument must be an IterableChunk subclass, got {cls!r}")
-    ds_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _DATASET_OPTIONS and not _accepts(cls, k)}
-    loader_opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOADER_OPTIONS and not _accepts(cls, k)}
+        raise DataError(
+            f"get_dataset: the first argument must be an IterableChunk subclass, got {cls!r}"
+        )
+    ds_opts = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in _DATASET_OPTIONS and not _accepts(cls, k)
+    }
+    loader_opts = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in _LOADER_OPTIONS and not _accepts(cls, k)
+    }
     ds = cls(name, cloud, *args, **kwargs)
     if not isinstance(getattr(ds, "_shared", None), torch.Tensor):
         raise DataError(f"{cls.__name__}.__init__ must call super().__init__(name, cloud)")
     if ds_opts:
         ds._configure(**ds_opts)
     drop_last_batch = loader_opts.pop("drop_last_batch", False)
-    return StreamingDataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last_batch, **loader_opts)
+    return StreamingDataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last_batch, **loader_opts
+    )

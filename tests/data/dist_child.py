@@ -24,7 +24,9 @@ from benchkit.data.loader import StreamingDataLoader
 def main(url: str, out_dir: str) -> None:
     acc = Accelerator(cpu=True)
     assert dist.is_initialized() and dist.get_backend() == "gloo"
-    ds = bench.open_dataset("toy", store=url, shuffle=True, seed=21)  # rank/world from torch.distributed
+    ds = bench.open_dataset(
+        "toy", store=url, shuffle=True, seed=21
+    )  # rank/world from torch.distributed
     loader = StreamingDataLoader(ds, batch_size=4, num_workers=2)
     prepared = acc.prepare(loader)
     got: list[int] = []

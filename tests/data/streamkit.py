@@ -30,7 +30,11 @@ def make_dataset(
     (chunks first, ``index.json`` last). Returns the dataset's index."""
     staging = tmp / f"staging-{name}"
     stats = chunk_samples(
-        samples if samples is not None else toy_samples(n), name, staging, chunk_bytes=chunk_bytes, workers=1
+        samples if samples is not None else toy_samples(n),
+        name,
+        staging,
+        chunk_bytes=chunk_bytes,
+        workers=1,
     )
     store = open_store(store_url)
     prefix = dataset_prefix(name)

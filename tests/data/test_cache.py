@@ -52,13 +52,19 @@ def test_fetch_downloads_once_even_when_many_ask_at_once(far):
     store, index = far
     cache = ChunkCache(store, limit="1GB")
     paths = []
-    threads = [threading.Thread(target=lambda: paths.append(cache.fetch(*chunk_args(index, 0)))) for _ in range(6)]
+    threads = [
+        threading.Thread(target=lambda: paths.append(cache.fetch(*chunk_args(index, 0))))
+        for _ in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(set(paths)) == 1 and len(store.downloads) == 1
-    assert paths[0].read_bytes() == (store.root / dataset_prefix("toy") / index.chunks[0].file).read_bytes()
+    assert (
+        paths[0].read_bytes()
+        == (store.root / dataset_prefix("toy") / index.chunks[0].file).read_bytes()
+    )
     assert [p.name for p in cache.root.iterdir() if p.suffix == ".tmp"] == []
     cache.fetch(*chunk_args(index, 0))
     assert len(store.downloads) == 1
@@ -132,7 +138,9 @@ def test_streaming_through_a_small_cache_stays_exact_and_bounded(far, workers):
     limit = sum(sizes[-20:])  # room for 20 chunks: the window, the prefetch depth and a little more
     assert len(index.chunks) > 30
     ds = bench.open_dataset("toy", store=store, shuffle=True, seed=4, cache_limit=limit)
-    plain = [s[0] for s in bench.open_dataset("toy", store=str(store.root), shuffle=True, seed=4)]  # in place
+    plain = [
+        s[0] for s in bench.open_dataset("toy", store=str(store.root), shuffle=True, seed=4)
+    ]  # in place
     got = ids(StreamingDataLoader(ds, batch_size=5, num_workers=workers))
     assert got == plain and sorted(got) == list(range(200))
     cache = ds._get_cache()
@@ -157,7 +165,9 @@ def test_streams_from_s3_through_the_cache(s3_store_url, tmp_path):
     make_dataset(s3_store_url, tmp_path)
     got = []
     for r in range(2):
-        ds = bench.open_dataset("toy", store=s3_store_url, shuffle=True, seed=9, rank=r, world_size=2)
+        ds = bench.open_dataset(
+            "toy", store=s3_store_url, shuffle=True, seed=9, rank=r, world_size=2
+        )
         got += ids(StreamingDataLoader(ds, batch_size=4, num_workers=2))
     assert sorted(set(got)) == list(range(N_SAMPLES)) and len(got) == N_SAMPLES + 1
     assert not ds._is_local() and ds._get_cache().usage() > 0

@@ -24,8 +24,15 @@ def test_torchrun_two_ranks_stream_exactly_once(tmp_path):
     out.mkdir()
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            str(CHILD), url, str(out),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(CHILD),
+            url,
+            str(out),
         ],
         capture_output=True,
         text=True,

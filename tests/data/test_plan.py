@@ -14,7 +14,7 @@ SIZES = [7, 5, 9, 3, 8, 6, 4]  # 42 samples in uneven chunks
 
 def flat(order: GlobalOrder, positions) -> list[tuple[int, int]]:
     c, i = order.lookup(np.asarray(positions, dtype=np.int64))
-    return list(zip(c.tolist(), i.tolist()))
+    return list(zip(c.tolist(), i.tolist(), strict=False))
 
 
 def rank_order(order, rank, world, workers=1, block=1, drop_last=False, start=0):
@@ -117,7 +117,9 @@ def test_resume_with_another_world_size_loses_and_repeats_nothing(old_world, new
     consumed = [p for r in range(old_world) for p in rank_order(_Order(total), r, old_world)[:j]]
     start = j * old_world
     assert sorted(consumed) == list(range(start))  # a prefix of G
-    rest = [p for r in range(new_world) for p in rank_order(_Order(total), r, new_world, start=start)]
+    rest = [
+        p for r in range(new_world) for p in rank_order(_Order(total), r, new_world, start=start)
+    ]
     counts = Counter(consumed + rest)
     assert set(counts) == set(range(total))
     repeated = {p for p, v in counts.items() if v > 1}

@@ -36,7 +36,17 @@ def run_child(url, state, tmp_path, workers, batch=4, rank=0, world=1):
     state_file, out_file = tmp_path / "state.pt", tmp_path / "rest.json"
     torch.save(state, state_file)
     subprocess.run(
-        [sys.executable, str(CHILD), url, str(state_file), str(out_file), str(workers), str(batch), str(rank), str(world)],
+        [
+            sys.executable,
+            str(CHILD),
+            url,
+            str(state_file),
+            str(out_file),
+            str(workers),
+            str(batch),
+            str(rank),
+            str(world),
+        ],
         check=True,
         timeout=120,
     )
@@ -180,6 +190,8 @@ def test_accelerate_passes_the_loader_through_and_saves_its_state(url, tmp_path)
     acc.save_state(str(tmp_path / "ckpt"))
 
     acc2 = Accelerator(cpu=True)
-    loader2 = acc2.prepare(StreamingDataLoader(bench.open_dataset("toy", store=url), batch_size=4, num_workers=1))
+    loader2 = acc2.prepare(
+        StreamingDataLoader(bench.open_dataset("toy", store=url), batch_size=4, num_workers=1)
+    )
     acc2.load_state(str(tmp_path / "ckpt"))
     assert seen + ids(loader2) == full

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,15 @@ def local_url(tmp_path):
 
 
 def rank_ids(url, rank, world, workers, shuffle, drop_last, batch=4, seed=7, epoch=0):
-    ds = bench.open_dataset("toy", store=url, rank=rank, world_size=world, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    ds = bench.open_dataset(
+        "toy",
+        store=url,
+        rank=rank,
+        world_size=world,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+    )
     ds.set_epoch(epoch)
     loader = StreamingDataLoader(ds, batch_size=batch, num_workers=workers)
     got = ids(loader)
@@ -38,7 +47,9 @@ def rank_ids(url, rank, world, workers, shuffle, drop_last, batch=4, seed=7, epo
 def test_exactly_once_over_ranks_and_workers(local_url, world, workers):
     for shuffle in (False, True):
         for drop_last in (False, True):
-            per_rank = [rank_ids(local_url, r, world, workers, shuffle, drop_last) for r in range(world)]
+            per_rank = [
+                rank_ids(local_url, r, world, workers, shuffle, drop_last) for r in range(world)
+            ]
             assert len({len(p) for p in per_rank}) == 1, "every rank yields the same count"
             counts = Counter(x for p in per_rank for x in p)
             if drop_last:
@@ -93,7 +104,11 @@ def test_transform_runs_on_each_sample_in_workers(local_url):
         return i * 10, f"{name}@{os.getpid()}"
 
     ds = bench.open_dataset("toy", store=local_url, transform=tag)
-    out = [s for b in StreamingDataLoader(ds, batch_size=8, num_workers=2) for s in zip(*b)]
+    out = [
+        s
+        for b in StreamingDataLoader(ds, batch_size=8, num_workers=2)
+        for s in zip(*b, strict=False)
+    ]
     assert sorted(int(i) for i, _ in out) == [10 * i for i in range(N_SAMPLES)]
     assert {name.split("@")[1] for _, name in out} - {str(os.getpid())}, "transform ran in workers"
 
@@ -130,7 +145,7 @@ def test_classic_subclass_and_get_dataset(tmp_path):
     rows = []
     for labels, texts, train in loader:
         assert all(train)
-        for i, t in zip(labels[0].tolist(), texts):
+        for i, t in zip(labels[0].tolist(), texts, strict=False):
             rows.append(i)
             assert t == f"pixels of {i}"
     assert sorted(rows) == list(range(30)) and rows != list(range(30))
@@ -155,7 +170,9 @@ def test_get_dataset_cloud_flags(tmp_path, monkeypatch):
 def test_open_dataset_with_chunk_class_and_args(tmp_path):
     url = str(tmp_path / "store")
     make_classic(url, tmp_path, n=6)
-    ds = bench.open_dataset("pets", store=url, chunk_class=CatDogChunk, chunk_args=(False,), world_size=2, rank=1)
+    ds = bench.open_dataset(
+        "pets", store=url, chunk_class=CatDogChunk, chunk_args=(False,), world_size=2, rank=1
+    )
     assert isinstance(ds, CatDogChunk) and ds.store.url == str((tmp_path / "store").resolve())
     assert [row[0][0] for row in ds] == [1, 3, 5]
     with pytest.raises(DataError, match="IterableChunk subclass"):
@@ -177,7 +194,7 @@ def test_corrupt_chunk_is_detected_and_named(tmp_path, damage, workers):
     url = str(tmp_path / "store")
     index = make_dataset(url, tmp_path)
     path = _chunk_path(url, index)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0x01
     else:
@@ -196,7 +213,7 @@ def test_a_chunk_changed_after_a_good_read_is_checked_again(tmp_path):
     index = make_dataset(url, tmp_path)
     assert len([s for s in bench.open_dataset("toy", store=url)]) == N_SAMPLES
     path = _chunk_path(url, index, 0)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[-1] ^= 0xFF
     with open(path, "wb") as f:
         f.write(data)
@@ -213,7 +230,15 @@ def test_streams_from_every_store_backend(store_url, tmp_path):
     for world in (1, 2):
         got = []
         for r in range(world):
-            d = bench.open_dataset("toy", store=store_url, shuffle=True, seed=5, rank=r, world_size=world, drop_last=True)
+            d = bench.open_dataset(
+                "toy",
+                store=store_url,
+                shuffle=True,
+                seed=5,
+                rank=r,
+                world_size=world,
+                drop_last=True,
+            )
             got += ids(StreamingDataLoader(d, batch_size=4, num_workers=2))
         assert sorted(got) == sorted(set(got)) and len(got) == N_SAMPLES // world * world
         if world == 1:
@@ -229,6 +254,10 @@ def test_corrupt_chunk_in_a_remote_store_is_named(tmp_path):
     path.write_bytes(bytes(data))
     for workers in (0, 2):
         with pytest.raises(CorruptChunk) as err:
-            ids(StreamingDataLoader(bench.open_dataset("toy", store=url), batch_size=4, num_workers=workers))
+            ids(
+                StreamingDataLoader(
+                    bench.open_dataset("toy", store=url), batch_size=4, num_workers=workers
+                )
+            )
         msg = str(err.value)
         assert index.chunks[2].file in msg and "'toy'" in msg and "tensorstore+file://" in msg
