@@ -266,13 +266,22 @@ def cmd_runs_show(args: Any) -> int:
     console.print(cfg)
     if series:
         t = Table(title="metrics", header_style="bold")
-        for col in ("metric", "last", "min", "max", "points", f"over steps {''}"):
+        for col in ("metric", "last", "min", "max", "points", "steps"):
             t.add_column(col)
+        charts = []
+        label = max(len(k) for k in series)
+        width = max(10, min(80, console.width - label - 4))
         for k, pts in series.items():
             vals = [v for _, v in pts if isinstance(v, (int, float)) and not isinstance(v, bool)]
             t.add_row(k, _fmt(pts[-1][1]), _fmt(min(vals)) if vals else "", _fmt(max(vals)) if vals else "",
-                      str(len(pts)), f"[cyan]{sparkline(vals)}[/cyan]")  # fmt: skip
+                      str(len(pts)), f"{pts[0][0]}–{pts[-1][0]}")  # fmt: skip
+            if len(vals) > 1:
+                charts.append(f"{k:>{label}}  [cyan]{sparkline(vals, width)}[/cyan]")
         console.print(t)
+        if charts:
+            console.print("[bold]over steps[/bold] (low ▁ to high █, each metric on its own scale)")
+            for line in charts:
+                console.print(line, highlight=False)
     else:
         console.print("[dim]no metrics logged[/dim]")
     if rec.checkpoints:
