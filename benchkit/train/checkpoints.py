@@ -258,10 +258,11 @@ def delete_checkpoint(store: Store, info: CheckpointInfo) -> None:
 
 
 def fetch_checkpoint(store: Store, run_id: str, name: str, dest: str | os.PathLike[str]) -> Path:
-    """Download and unpack a checkpoint into the directory ``dest``, verified; returns ``dest``.
+    """Download and unpack a checkpoint into the new directory ``dest``, verified; returns it.
 
     Raises :class:`CheckpointError` when it is missing, truncated, or any file differs from
-    its recorded checksum; ``dest`` is then left untouched.
+    its recorded checksum, or when ``dest`` exists and is not empty; ``dest`` is then left
+    untouched.
     """
     key = runs.checkpoint_key(run_id, check_name(name))
     what = f"checkpoint '{run_id}/{name}' in store {store.url}"
@@ -286,7 +287,10 @@ def fetch_checkpoint(store: Store, run_id: str, name: str, dest: str | os.PathLi
             ) from e
         verify_dir(out, what)
         if dest.exists():
-            shutil.rmtree(dest)
+            if dest.is_dir() and not any(dest.iterdir()):
+                dest.rmdir()
+            else:  # never delete what someone else put there
+                raise CheckpointError(f"{dest} already exists; give another destination or remove it")
         os.replace(out, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

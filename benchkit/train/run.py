@@ -522,6 +522,9 @@ class Run:
         dest = self.output_dir / ".restore" / name
         error: list[str | None] = [None]
         if self.accelerator.is_local_main_process:
+            import shutil
+
+            shutil.rmtree(dest, ignore_errors=True)  # left by an earlier load that was interrupted
             try:
                 ckpt.fetch_checkpoint(self.store, run_id, name, dest)
             except CheckpointError as e:

@@ -97,6 +97,11 @@ def test_checkpoints_get_by_name_ref_and_row(cli, two_runs, tmp_path):
     assert code == 0 and meta["run_id"] == b
     code, _, _ = cli("get-check", "3", "--dest", tmp_path / "by-row")  # the original's alias, row 3
     assert code == 0 and json.loads((tmp_path / "by-row" / "meta.json").read_text())["run_id"] == b
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    code, _, err = cli("checkpoints", "get", "3", "--dest", tmp_path / "mine")
+    assert code == 1 and "already exists" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_checkpoints_delete_by_ref_and_row(cli, two_runs, store):
