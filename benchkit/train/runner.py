@@ -223,6 +223,8 @@ def prepare_spec(args: Any) -> tuple[RunSpec, ModuleType]:
     from benchkit.settings import load_settings
 
     file = args.file
+    if not file and args.resume and args.resume.endswith(".py"):  # `run --resume train.py`
+        file, args.resume = args.resume, ""
     if getattr(args, "version", None) is not None:
         file = checkout_version(args, args.version)
     if not file:
