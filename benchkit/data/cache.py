@@ -30,12 +30,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock
 
 from benchkit.errors import CorruptChunk, DataError
 from benchkit.store.base import Store, fsync_dir
@@ -46,6 +45,7 @@ __all__ = [
     "VerifiedMarks",
     "cache_limit_bytes",
     "pin",
+    "process_lock",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,39 @@ def _cache_base() -> Path:
     from benchkit.settings import get_paths
 
     return get_paths().cache
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def _reset_thread_locks() -> None:
+    # a forked child starts with no thread holding anything
+    global _thread_locks, _thread_locks_guard
+    _thread_locks, _thread_locks_guard = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_thread_locks)
+
+
+@contextmanager
+def process_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive lock on ``path`` between processes and threads.
+
+    A POSIX record lock (``lockf``) belongs to the process and, unlike ``flock``, is not
+    inherited by ``fork()``: a DataLoader worker forked while a prefetch thread holds the lock
+    simply waits for the parent to release it instead of deadlocking on its inherited copy.
+    """
+    key = os.path.abspath(path)
+    with _thread_locks_guard:
+        tlock = _thread_locks.setdefault(key, threading.Lock())
+    with tlock:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the record lock
 
 
 def pin(path: Path) -> int:
@@ -150,7 +183,7 @@ class ChunkCache:
         if dest.is_file():
             return dest
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f".{sha256}.lock")):
+        with process_lock(self.root / f".{sha256}.lock"):
             if dest.is_file():
                 return dest
             fd, tmp = self.make_room(size, reserve_for=sha256)
@@ -187,7 +220,7 @@ class ChunkCache:
         each other's space and together stay under the limit.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / ".evict.lock")):
+        with process_lock(self.root / ".evict.lock"):
             entries = []
             used = 0
             for p in self.root.iterdir():
@@ -332,7 +365,7 @@ class VerifiedMarks:
             return ChunkReader(path, label=label)
         self.root.mkdir(parents=True, exist_ok=True)
         # one process checks a file at a time; the others then find the mark
-        with FileLock(str(self._marker(path)) + ".lock"):
+        with process_lock(str(self._marker(path)) + ".lock"):
             if self.is_verified(path, sha256, st):
                 return ChunkReader(path, label=label)
             reader = ChunkReader(path, expected_sha256=sha256, label=label)

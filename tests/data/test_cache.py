@@ -4,6 +4,7 @@ limit that never evicts a chunk in use, checksum marks, and streaming through a 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 
 import pytest
@@ -171,3 +172,40 @@ def test_streams_from_s3_through_the_cache(s3_store_url, tmp_path):
         got += ids(StreamingDataLoader(ds, batch_size=4, num_workers=2))
     assert sorted(set(got)) == list(range(N_SAMPLES)) and len(got) == N_SAMPLES + 1
     assert not ds._is_local() and ds._get_cache().usage() > 0
+
+
+def _take_lock(path, out):
+    from benchkit.data.cache import process_lock
+
+    with process_lock(path):
+        out.put("got it")
+
+
+@pytest.mark.multiprocess
+def test_a_child_forked_while_a_thread_holds_a_lock_waits_instead_of_deadlocking(tmp_path):
+    import multiprocessing
+
+    from benchkit.data.cache import process_lock
+
+    lock = tmp_path / "x.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with process_lock(lock):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_take_lock, args=(lock, out))
+    child.start()  # forked while the lock is held by a thread of this process
+    with pytest.raises(queue.Empty):  # the child is still waiting for the lock
+        out.get(timeout=0.5)
+    release.set()
+    t.join()
+    assert out.get(timeout=20) == "got it"
+    child.join(20)
+    assert child.exitcode == 0
