@@ -139,6 +139,29 @@ def drop_page_cache() -> bool:
         return False
 
 
+def evict(*roots: Path) -> bool:
+    """Drop the files under ``roots`` from the page cache (``posix_fadvise(DONTNEED)``).
+
+    Only these files: the Python libraries the benchmark imports stay cached, so a cold run
+    measures reading the data, not re-reading torch from disk. Returns False if the system
+    refused; the caller then reports page-cache (warm) reads.
+    """
+    ok = True
+    for root in roots:
+        paths = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+            except (OSError, AttributeError):
+                ok = False
+    return ok
+
+
 def dir_stats(path: Path) -> tuple[int, int]:
     """(total bytes, file count) of every regular file under ``path``."""
     total = count = 0

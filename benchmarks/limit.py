@@ -1,8 +1,8 @@
 """The machine's limit for the streaming benchmark: what the hardware allows with no data loader.
 
 - ``read``: a plain sequential read of the same shard bytes (BenchKit's chunk files, or any
-  library's with ``--shards``), 8 MiB ``readinto`` calls into one buffer, with the page cache
-  dropped first (``cold``, when the system allows it) and again right after (``warm``, page
+  library's with ``--shards``), 8 MiB ``readinto`` calls into one buffer, with those files evicted
+  from the page cache first (``cold``, when the system allows it) and again right after (``warm``, page
   cache). Given as MB/s and as samples/s (the dataset's samples over the read time): the
   ceiling for the ``raw`` streaming mode.
 - ``decode``: Pillow decode + resize to 224x224 of every JPEG, from bytes already in memory,
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     WORKERS,
     data_dir,
-    drop_page_cache,
+    evict,
     preset_from_args,
     save_results,
     setup_logging,
@@ -91,6 +91,38 @@ def decode_only(jpegs: list[bytes], workers: int) -> float:
     return seconds
 
 
+def s3_read(preset, repeats: int, threads: int = 4) -> list[float]:
+    """Seconds to GET every shard object from moto_server on loopback, ``threads`` at a time
+    (boto3, bodies read in 8 MiB blocks and dropped): the ceiling for the S3 streaming runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from s3 import BUCKET, client, moto_server, upload_tree
+
+    # Streaming's MDS shards are plain whole objects of the same bytes, one per shard
+    local = shards_dir(preset, "streaming")
+    with moto_server() as endpoint:
+        upload_tree(endpoint, local, "limit")
+        c = client(endpoint)
+        keys = [f"limit/{p.relative_to(local).as_posix()}" for p in sorted(local.rglob("*.mds"))]
+
+        def get(key: str) -> int:
+            body = c.get_object(Bucket=BUCKET, Key=key)["Body"]
+            n = 0
+            while block := body.read(BLOCK):
+                n += len(block)
+            return n
+
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                total = sum(pool.map(get, keys))
+            out.append((time.perf_counter() - t0, total))
+            log.info("S3 GET of %d objects, %.0f MB, %d at a time: %.0f MB/s", len(keys), total / 1e6,
+                     threads, total / out[-1][0] / 1e6)
+        return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -105,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     files = shard_files(args.shards, preset)
 
     cold, warm, dropped = [], [], True
-    for r in range(repeats):
-        dropped &= drop_page_cache()
+    for _ in range(repeats):
+        dropped &= evict(*files)
         s, total = sequential_read(files)
         cold.append((s, total))
         s2, _ = sequential_read(files)
@@ -119,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, "rb") as f:
             jpegs.append(f.read())
     dec = []
-    for r in range(repeats):
+    for _ in range(repeats):
         s = decode_only(jpegs, WORKERS)
         dec.append(s)
         log.info("decode+resize of %d JPEGs in %d processes: %.1f s, %.0f samples/s", n, WORKERS, s, n / s)
+
+    s3 = s3_read(preset, repeats)
 
     total = cold[0][1]
     save_results(preset, "limit", {
@@ -135,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                       "samples_per_s": summarize([n / s for s, _ in cold])},
         "read_warm": {"mb_per_s": summarize([t / s / 1e6 for s, t in warm]),
                       "samples_per_s": summarize([n / s for s, _ in warm])},
+        "s3_read": {"threads": 4, "mb_per_s": summarize([t / s / 1e6 for s, t in s3]),
+                    "samples_per_s": summarize([n / s for s, _ in s3])},
         "decode": {"workers": WORKERS, "samples_per_s": summarize([n / s for s in dec])},
     })
     return 0

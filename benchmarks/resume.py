@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for library in args.libraries.split(","):
         state_path = WORK / preset.name / f"resume-{library}.json"
         resumed, fresh, exact = [], [], []
-        for r in range(repeats):
+        for _ in range(repeats):
             a = run_json(base + ["--phase", "first", "--library", library, "--state", str(state_path)])
             b = run_json(base + ["--phase", "second", "--library", library, "--state", str(state_path)])
             f = run_json(base + ["--phase", "fresh", "--library", library, "--state", str(state_path)])

@@ -45,8 +45,9 @@ from common import (  # noqa: E402
     WORK,
     WORKERS,
     data_dir,
-    drop_page_cache,
     emit,
+    evict,
+    load_results,
     preset_from_args,
     run_json,
     save_results,
@@ -149,6 +150,18 @@ def _streaming_dataset_class():
 # --- loaders -------------------------------------------------------------------------------
 
 
+def benchkit_loader(url: str, mode: str, batch_size: int = BATCH_SIZE, workers: int = WORKERS) -> Any:
+    """BenchKit's loader for the dataset chunked by convert.py into the store at ``url``.
+
+    The original's helper: a StreamingDataLoader over ``open_dataset(...)`` that prefetches
+    remote chunks from the main process (LitData and Streaming also get their own loader).
+    """
+    import benchkit as bench
+
+    return bench.get_dataset(None, url, BENCHKIT_NAME, batch_size, workers, shuffle=True, seed=SEED,
+                             transform=BenchKitTransform(mode), persistent_workers=False)
+
+
 def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint: str | None,
                  cache: Path) -> Any:
     """The DataLoader for one configuration (shuffle on, same batch size and workers)."""
@@ -166,13 +179,8 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
         return DataLoader(ds, shuffle=True, generator=torch.Generator().manual_seed(SEED), **common)
 
     if library == "benchkit":
-        import benchkit as bench
-
         url = str(shards) if store == "local" else f"s3://{s3_bucket()}/benchkit?endpoint={endpoint}"
-        # the original's helper: a StreamingDataLoader over open_dataset(...), prefetching
-        # remote chunks from the main process (LitData and Streaming also get their own loader)
-        return bench.get_dataset(None, url, BENCHKIT_NAME, BATCH_SIZE, WORKERS, shuffle=True, seed=SEED,
-                                 transform=BenchKitTransform(mode), persistent_workers=False)
+        return benchkit_loader(url, mode)
 
     if library == "litdata":
         from litdata import StreamingDataLoader, StreamingDataset
@@ -246,10 +254,12 @@ def run_one(library: str, mode: str, store: str, preset_name: str, endpoint: str
     expected = {"samples": manifest["images"], "labels": sum(i % 10 for i in range(manifest["images"])),
                 "bytes": manifest["bytes"]}
     cache = Path(tempfile.mkdtemp(prefix=f"{library}-", dir=WORK / preset.name / "cache"))
-    os.environ.setdefault("BENCHKIT_CACHE", str(cache))
+    # BenchKit keeps its chunk cache under BENCHKIT_HOME: a fresh one per run, like the others'
+    os.environ["BENCHKIT_HOME"] = str(cache / "benchkit-home")
     try:
         preimport(library)  # library import time is not part of the setup figure
-        dropped = drop_page_cache()
+        # epoch 1 reads the disk: the data files leave the page cache (and nothing else does)
+        dropped = evict(data_dir(preset) if library == "plain" else shards_dir(preset, library))
         t0 = time.perf_counter()
         loader = build_loader(library, mode, store, preset_name, endpoint, cache)
         setup_s = time.perf_counter() - t0
@@ -367,6 +377,27 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%s %s %s run %d/%d: epoch 1 %.0f samples/s, epoch 2 %.0f samples/s",
                              lib, mode, store, r + 1, repeats, e1["samples_per_s"], e2["samples_per_s"])
                     runs.setdefault(f"{lib}|{mode}|{store}", []).append(res)
+                    save(partial=True)  # a crash later keeps what was measured
+
+    previous = load_results(preset, "stream")
+    kept = dict(previous["results"]) if previous and previous.get("repeats") == repeats else {}
+
+    def save(partial: bool = False) -> dict:
+        table = dict(kept)  # a run of some libraries/modes/stores keeps the others' results
+        for key, rs in runs.items():
+            lib, mode, store = key.split("|")
+            table[key] = {
+                "library": lib, "mode": mode, "store": store, "runs": len(rs),
+                "epoch1": summarize([r["epochs"][0]["samples_per_s"] for r in rs]),
+                "epoch2": summarize([r["epochs"][1]["samples_per_s"] for r in rs]),
+                "first_batch_s": summarize([r["epochs"][0]["first_batch_s"] for r in rs]),
+                "setup_s": summarize([r["setup_s"] for r in rs]),
+                "samples": rs[0]["epochs"][0]["samples"],
+                "page_cache_dropped": all(r["page_cache_dropped"] for r in rs),
+            }
+        save_results(preset, "stream", {"batch_size": BATCH_SIZE, "workers": WORKERS, "repeats": repeats,
+                                         "partial": partial, "skipped": skipped, "results": table})
+        return table
 
     stores = args.stores.split(",")
     if "local" in stores:
@@ -376,20 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             upload_all(endpoint, preset, libraries)
             measure("s3", endpoint)
 
-    table = {}
-    for key, rs in runs.items():
-        lib, mode, store = key.split("|")
-        table[key] = {
-            "library": lib, "mode": mode, "store": store,
-            "epoch1": summarize([r["epochs"][0]["samples_per_s"] for r in rs]),
-            "epoch2": summarize([r["epochs"][1]["samples_per_s"] for r in rs]),
-            "first_batch_s": summarize([r["epochs"][0]["first_batch_s"] for r in rs]),
-            "setup_s": summarize([r["setup_s"] for r in rs]),
-            "samples": rs[0]["epochs"][0]["samples"],
-            "page_cache_dropped": all(r["page_cache_dropped"] for r in rs),
-        }
-    save_results(preset, "stream", {"batch_size": BATCH_SIZE, "workers": WORKERS, "repeats": repeats,
-                                     "skipped": skipped, "results": table})
+    table = save()
     print(json.dumps({k: (v["epoch1"]["median"], v["epoch2"]["median"]) for k, v in table.items()}, indent=1))
     return 0
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run every benchmark, one after the other, then write the report.
+#
+#   bash benchmarks/run.sh            # full setting: 10,000 images (~1 GB), 3 repeats (~1 hour on 2 cores)
+#   bash benchmarks/run.sh --quick    # 1,000 images (~100 MB), 1 repeat (a few minutes)
+#
+# Creates benchmarks/.venv on first use (its own environment, so the peer libraries'
+# dependencies never touch the project's), with BenchKit installed editable from this checkout.
+# The full setting rewrites the results part of docs/BENCHMARKS.md and its chart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=()
+if [[ "${1:-}" == "--quick" ]]; then QUICK=(--quick); fi
+
+VENV=benchmarks/.venv
+PY=$VENV/bin/python
+if [[ ! -x $PY ]] || ! $PY -c "import litdata, streaming, webdataset, matplotlib, moto, benchkit" 2>/dev/null; then
+    echo "setting up $VENV" >&2
+    python3 -m venv "$VENV"
+    # these torch pins match the project's environment (and install from local wheels here)
+    $VENV/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+    $VENV/bin/pip install -q -e .
+    $VENV/bin/pip install -q -r benchmarks/requirements.txt
+fi
+
+set -x
+$PY benchmarks/make_data.py "${QUICK[@]}"
+$PY benchmarks/convert.py "${QUICK[@]}"
+$PY benchmarks/stream.py "${QUICK[@]}"
+$PY benchmarks/limit.py "${QUICK[@]}"
+$PY benchmarks/resume.py "${QUICK[@]}"
+$PY benchmarks/train_overhead.py "${QUICK[@]}"
+if [[ ${#QUICK[@]} -eq 0 ]]; then
+    $PY benchmarks/report.py --write-doc
+else
+    $PY benchmarks/report.py --quick
+fi
