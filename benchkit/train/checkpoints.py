@@ -290,7 +290,9 @@ def fetch_checkpoint(store: Store, run_id: str, name: str, dest: str | os.PathLi
             if dest.is_dir() and not any(dest.iterdir()):
                 dest.rmdir()
             else:  # never delete what someone else put there
-                raise CheckpointError(f"{dest} already exists; give another destination or remove it")
+                raise CheckpointError(
+                    f"{dest} already exists; give another destination or remove it"
+                )
         os.replace(out, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
