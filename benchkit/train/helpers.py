@@ -107,10 +107,15 @@ def upload_model_checkpoint(
 
 
 def wipe_temp(accelerator: Any | None = None) -> None:
-    """Remove BenchKit's temporary files of this job and release cached memory."""
+    """Remove BenchKit's temporary files of this job and release cached memory. As in the
+    original, the processes meet before and after, so every rank must call it."""
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     if accelerator is None or accelerator.is_local_main_process:
         root = Path(tempfile.gettempdir()) / f"benchkit-{os.getpid()}"
         shutil.rmtree(root, ignore_errors=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     gc.collect()
     try:
         import torch
