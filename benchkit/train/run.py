@@ -13,6 +13,7 @@ not need ``if rank == 0``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -264,6 +265,13 @@ class Run:
                 rec.traceback = error
                 rec.last = {**rec.last, **self.tracker.last}
                 runs.save_record(self.store, rec)
+                for leftover in (
+                    self.output_dir / ".staging",
+                    self.output_dir / ".restore",
+                    self.output_dir,
+                ):
+                    with contextlib.suppress(OSError):  # only empty ones: the user's files stay
+                        leftover.rmdir()
 
     def __enter__(self) -> Run:
         return self
