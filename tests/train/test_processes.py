@@ -94,25 +94,28 @@ def test_mid_epoch_sigkill_and_resume_match_an_uninterrupted_run(
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_on_cpu_log_once_checkpoint_once_and_agree(
+def test_two_processes_log_once_checkpoint_once_agree_and_resume_after_a_kill(
     module, store, tmp_path, benchkit_subprocess
 ):
+    """One uninterrupted two-process run checked for what DDP must give, then the same run
+    killed with SIGKILL after a mid-epoch checkpoint and resumed in two processes."""
     path = module("ddp_fit.py", STREAMED)
-    out = tmp_path / "out"
-    out.mkdir()
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref.mkdir()
+    cut.mkdir()
+    # no --cpu on a machine without GPU: what a new user types; gloo must be picked anyway
+    common = ["--processes", "2", *(["--cpu"] if torch.cuda.is_available() else []), "-c", "seed=5",
+              "-c", "workers=1", "-c", "ckpt_every=7"]  # fmt: skip
     proc = benchkit_subprocess(
-        # no --cpu on a machine without GPU: what a new user types; gloo must be picked anyway
-        "run", path, "--processes", "2", *(["--cpu"] if torch.cuda.is_available() else []),
-        "-c", "workers=1", "-c", "ckpt_every=1000", "-c", f"out={out}",
-        cwd=tmp_path,
-    )  # fmt: skip
+        "run", path, *common, "-c", f"out={ref}", "--name", "ref", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     s = open_store(store)
     [rid] = runs.list_run_ids(s)
     rec = runs.load_record(s, rid)
     assert rec.status == runs.FINISHED and rec.world_size == 2
     # each rank streamed its half of the 96 samples per epoch (12 batches of 4); no overlap
-    r0, r1 = seen(out, 0), seen(out, 1)
+    r0, r1 = seen(ref, 0), seen(ref, 1)
     assert len(r0) == len(r1) == 2 * 12
     for epoch in (0, 1):
         ids = [i for b in r0 + r1 if b[0] == epoch for i in b[1:]]
@@ -120,14 +123,47 @@ def test_two_processes_on_cpu_log_once_checkpoint_once_and_agree(
     # metrics were logged by the main process only: one value per step
     steps = [e["step"] for e in runs.read_events(s, rid) if "values" in e]
     assert steps == list(range(24))
-    # one stored object per save (the epoch ends), holding both ranks' RNG state
+    # five saves (steps 7, 12, 14, 21, 24), one stored object each, the last three kept
+    assert sum("saved" in e.get("message", "") for e in runs.read_events(s, rid)) == 5
     found = ckpt.list_checkpoints(s, rid)
-    assert [c.name for c in found] == ["epoch-0001", "epoch-0002"]
-    assert s.list(f"checkpoints/{rid}/") == [c.key for c in found]
+    assert [c.name for c in found] == [
+        "epoch-0002-step-00000014",
+        "epoch-0002-step-00000021",
+        "epoch-0002",
+    ]
+    assert s.list(f"checkpoints/{rid}/") == sorted(c.key for c in found)
     dest = ckpt.fetch_checkpoint(s, rid, "epoch-0002", tmp_path / "ck")
     assert (dest / "random_states_0.pkl").exists() and (dest / "random_states_1.pkl").exists()
-    p0, p1 = params(out, 0), params(out, 1)
+    p0, p1 = params(ref, 0), params(ref, 1)
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
+
+    killed = benchkit_subprocess(
+        "run",
+        path,
+        *common,
+        "-c",
+        f"out={cut}",
+        "-c",
+        "kill_at_step=7",
+        "--name",
+        "cut",
+        cwd=tmp_path,
+    )
+    assert killed.returncode != 0
+    [cut_id] = [r.id for r in runs.list_records(s) if r.name == "cut"]
+    rec = runs.load_record(s, cut_id)
+    assert (
+        rec.status == runs.FAILED and "torchrun exited" in rec.traceback
+    )  # recorded by the launcher
+    resumed = benchkit_subprocess(
+        "run", path, *common, "--resume", cut_id, "-c", "kill_at_step=-1", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for rank in (0, 1):
+        assert seen(cut, rank) == seen(ref, rank)
+        a, b = params(ref, rank), params(cut, rank)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs.load_record(s, cut_id).status == runs.FINISHED
 
 
 SLEEPY = """
