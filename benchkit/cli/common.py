@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchkit.units import human_bytes  # noqa: F401  (re-exported for the command modules)
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -42,15 +44,6 @@ def confirm(question: str, assume_yes: bool) -> bool:
         return False
     answer = console.input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KB' (decimal units, as disks and clouds count)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def add_store_flag(parser: Any) -> None:

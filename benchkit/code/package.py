@@ -37,6 +37,7 @@ from benchkit.code.imports import distributions_for, scan_imports
 from benchkit.errors import CodePackageError, ConfigError, ObjectNotFound
 from benchkit.settings import PROJECT_FILE, find_project_file
 from benchkit.store import LocalStore, Store, open_store
+from benchkit.units import human_bytes, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,42 +56,6 @@ EMBEDDED_MANIFEST = "benchkit-manifest.json"
 PROJECT_FILES = (PROJECT_FILE, "requirements.txt", "pyproject.toml")
 DEFAULT_MAX_SIZE = 50_000_000
 DEFAULT_ENTRIES = ("train.py", "TrainScript.py")
-
-
-# --- sizes ------------------------------------------------------------------------------------
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-}
-
-
-def parse_size(text: str | int) -> int:
-    """'50MB' -> 50_000_000 (decimal units; KiB/MiB/GiB are binary)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ConfigError(f"invalid size {text!r}; write e.g. 50MB, 200KB or 1GB")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
-
-def _human(n: float) -> str:
-    """50_000_000 -> '50.0 MB' (decimal units, as --max-size reads them)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -289,12 +254,12 @@ def _size_guard(root: Path, files: list[tuple[str, int]], max_size: int) -> None
     if total <= max_size:
         return
     biggest = sorted(files, key=lambda t: (-t[1], t[0]))[:10]
-    lines = "\n".join(f"  {_human(size):>10}  {rel}" for rel, size in biggest)
+    lines = "\n".join(f"  {human_bytes(size):>10}  {rel}" for rel, size in biggest)
     raise CodePackageError(
-        f"the code package of {root} would be {_human(total)} ({len(files)} files), over the "
-        f"{_human(max_size)} limit. Biggest files:\n{lines}\n"
+        f"the code package of {root} would be {human_bytes(total)} ({len(files)} files), over the "
+        f"{human_bytes(max_size)} limit. Biggest files:\n{lines}\n"
         "Leave them out with a .benchkitignore, or include them on purpose with "
-        f"--max-size {_human(total * 1.1).replace(' ', '')} (migrate datasets with "
+        f"--max-size {human_bytes(total * 1.1).replace(' ', '')} (migrate datasets with "
         "`benchkit migrate data`, not with the code)"
     )
 

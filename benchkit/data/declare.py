@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -30,8 +29,9 @@ from typing import Any
 
 from benchkit.data.classic import ProcessorDataset, is_processor, processor_sample
 from benchkit.data.index import check_dataset_name
-from benchkit.errors import ConfigError, DataError
+from benchkit.errors import DataError
 from benchkit.registry import DATASET, TRAIN, declared, mark
+from benchkit.units import parse_size
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -44,33 +44,8 @@ __all__ = [
 
 DEFAULT_CHUNK_BYTES = 64_000_000
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-}
-
-
-def parse_bytes(value: str | int) -> int:
-    """``"64MB"`` -> 64_000_000 (KB/MB/GB decimal, KiB/MiB/GiB binary); ints pass through."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-        if not m or m.group(2).lower() not in _UNITS:
-            raise ConfigError(f"invalid size {value!r}; write e.g. 64MB, 500KB or 1GB")
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if n <= 0:
-        raise ConfigError(f"invalid size {value!r}: it must be positive")
-    return n
+#: ``parse_bytes`` is the project's one size parser, under the name this module exported first.
+parse_bytes = parse_size
 
 
 def project_root_for(module_file: str | Path | None) -> Path:
