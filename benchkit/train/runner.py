@@ -289,7 +289,12 @@ def checkout_version(args: Any, version: int) -> str:
         raise TrainError(f"--version needs benchkit.code, which failed to import: {e}") from e
     from benchkit.settings import get_paths, load_settings
 
-    store = open_store(load_settings({"store": args.store}).store)
+    settings = load_settings({"store": args.store})
+    store = open_store(settings.store)
+    if args.store is None:
+        # The run uses the store the code came from: the checked-out benchkit.toml may name a
+        # store relative to the project, which would resolve inside the temporary checkout.
+        args.store = settings.store
     base = get_paths().cache / "code"
     base.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=base))
