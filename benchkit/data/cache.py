@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ __all__ = [
     "VerifiedMarks",
     "cache_limit_bytes",
     "pin",
+    "unpin",
     "process_lock",
 ]
 
@@ -75,43 +75,54 @@ def _cache_base() -> Path:
 
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
+_held_lock_fds: set[int] = set()
 
 
-def _reset_thread_locks() -> None:
-    # a forked child starts with no thread holding anything
+def _after_fork_in_child() -> None:
+    # A forked child starts with no thread holding anything. Its copies of the lock files'
+    # descriptors would keep the parent's flock held (the lock belongs to the open file, which
+    # the copy keeps open) and deadlock the child when it takes the same lock: close them.
     global _thread_locks, _thread_locks_guard
     _thread_locks, _thread_locks_guard = {}, threading.Lock()
+    for fd in list(_held_lock_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_lock_fds.clear()
 
 
-os.register_at_fork(after_in_child=_reset_thread_locks)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@contextmanager
+@contextlib.contextmanager
 def process_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Exclusive lock on ``path`` between processes and threads.
+    """Exclusive lock on ``path`` between processes and between threads.
 
-    A POSIX record lock (``lockf``) belongs to the process and, unlike ``flock``, is not
-    inherited by ``fork()``: a DataLoader worker forked while a prefetch thread holds the lock
-    simply waits for the parent to release it instead of deadlocking on its inherited copy.
+    ``flock`` on a lock file, plus a thread lock (flock does not order threads that share a
+    descriptor). A DataLoader worker forked while a thread holds the lock closes its inherited
+    copy of the descriptor (see ``_after_fork_in_child``) and simply waits for the parent to
+    release it. (POSIX ``lockf`` locks are not inherited, but the kernel reports false
+    deadlocks for them between multi-threaded processes.)
     """
     key = os.path.abspath(path)
     with _thread_locks_guard:
         tlock = _thread_locks.setdefault(key, threading.Lock())
     with tlock:
         fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        _held_lock_fds.add(fd)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # releases the record lock
+            _held_lock_fds.discard(fd)
+            os.close(fd)
 
 
 def pin(path: Path) -> int:
-    """Open ``path`` and hold a shared lock on it (evictors skip it) until the fd is closed.
+    """Open ``path`` and hold a shared lock on it (evictors skip it) until :func:`unpin`.
 
     Raises ``FileNotFoundError`` if the file is gone or was replaced while locking.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         if os.stat(path).st_ino != os.fstat(fd).st_ino:
@@ -119,7 +130,14 @@ def pin(path: Path) -> int:
     except BaseException:
         os.close(fd)
         raise
+    _held_lock_fds.add(fd)  # a forked child drops its copy (see _after_fork_in_child)
     return fd
+
+
+def unpin(fd: int) -> None:
+    """Release a :func:`pin`."""
+    _held_lock_fds.discard(fd)
+    os.close(fd)
 
 
 class ChunkCache:
@@ -204,7 +222,10 @@ class ChunkCache:
                         f"{sha256[:16]}.... Re-run `python -m benchkit migrate data --upload` "
                         "for this dataset"
                     )
-                os.replace(tmp, dest)
+                # renames happen under the eviction lock, so its directory scan never misses
+                # a chunk that is changing name
+                with process_lock(self.root / ".evict.lock"):
+                    os.replace(tmp, dest)
                 fsync_dir(self.root)
             finally:
                 if os.path.exists(tmp):

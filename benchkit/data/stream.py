@@ -336,7 +336,7 @@ class IterableChunk(IterableDataset):
                     f"chunk {label} is missing; re-run `python -m benchkit migrate data` for this dataset"
                 ) from e
             return self._get_marks().open_verified(path, info.sha256, label)
-        from benchkit.data.cache import pin
+        from benchkit.data.cache import pin, unpin
 
         cache = self._get_cache()
         for attempt in range(5):
@@ -361,7 +361,7 @@ class IterableChunk(IterableDataset):
             try:
                 reader = ChunkReader(path, label=label)
             except BaseException:
-                os.close(fd)
+                unpin(fd)
                 raise
             reader._benchkit_pin = fd
             cache.touch(info.sha256)
@@ -375,7 +375,9 @@ class IterableChunk(IterableDataset):
         reader.close()
         fd = getattr(reader, "_benchkit_pin", None)
         if fd is not None:
-            os.close(fd)
+            from benchkit.data.cache import unpin
+
+            unpin(fd)
             reader._benchkit_pin = None
 
     # --- iteration -------------------------------------------------------------------------
@@ -443,7 +445,9 @@ class IterableChunk(IterableDataset):
 
         def release(result: tuple[Path, int | None]) -> None:
             if result[1] is not None:
-                os.close(result[1])
+                from benchkit.data.cache import unpin
+
+                unpin(result[1])
 
         return Prefetcher(
             self._prefetch_hold,

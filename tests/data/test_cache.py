@@ -11,7 +11,7 @@ import pytest
 from streamkit import N_SAMPLES, ids, make_dataset
 
 import benchkit as bench
-from benchkit.data.cache import ChunkCache, VerifiedMarks, pin
+from benchkit.data.cache import ChunkCache, VerifiedMarks, pin, unpin
 from benchkit.data.index import dataset_prefix
 from benchkit.data.loader import StreamingDataLoader
 from benchkit.errors import CorruptChunk
@@ -102,7 +102,7 @@ def test_eviction_is_lru_under_the_limit_and_spares_chunks_in_use(far):
         cache.fetch(*chunk_args(index, 4))
         assert cache.has(shas[2]) and not cache.has(shas[0]) and cache.has(shas[4])
     finally:
-        os.close(fd)
+        unpin(fd)
     cache.fetch(*chunk_args(index, 5))
     assert not cache.has(shas[2])  # released, so evictable again
     assert cache.usage() <= cache.limit
