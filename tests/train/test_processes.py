@@ -82,7 +82,16 @@ def test_mid_epoch_sigkill_and_resume_match_an_uninterrupted_run(
     assert [c.name for c in ckpt.list_checkpoints(s, cut_id)] == ["epoch-0001-step-00000010"]
     assert len(seen(cut)) == 10
     resumed = benchkit_subprocess(
-        "run", path, "--cpu", "--resume", cut_id, "-c", "kill_at_step=-1", cwd=tmp_path
+        # bare --resume: the latest run named "cut" that has a checkpoint
+        "run",
+        path,
+        "--cpu",
+        "--name",
+        "cut",
+        "--resume",
+        "-c",
+        "kill_at_step=-1",
+        cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert seen(cut) == seen(ref)
