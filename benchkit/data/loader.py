@@ -110,9 +110,7 @@ class StreamingDataLoader(DataLoader):
                 prefetcher.close()
             if finished:
                 self._active = None
-                if ds.epoch == epoch and ds._start == start:
-                    ds._shared[0] = epoch + 1
-                    ds._shared[1] = 0
+                ds._finish_pass(epoch, start)
 
     def _start_prefetch(self, ds: IterableChunk, epoch: int, start: int) -> Any:
         order = ds._order(epoch)

@@ -504,8 +504,13 @@ class IterableChunk(IterableDataset):
                 self._close_reader(r)
             if prefetcher is not None:
                 prefetcher.close()
-        if info is None and self.epoch == epoch and self._start == start:
-            # a finished pass moves to the next epoch (set_epoch overrides)
+        if info is None:
+            self._finish_pass(epoch, start)
+
+    def _finish_pass(self, epoch: int, start: int) -> None:
+        """A pass of ``epoch`` from ``start`` ran to its end: move on to the next epoch, unless
+        someone already chose another position meanwhile (set_epoch, load_state_dict)."""
+        if self.epoch == epoch and self._start == start:
             self._shared[_EPOCH] = epoch + 1
             self._shared[_START] = 0
             self._consumed_here = 0
