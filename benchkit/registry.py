@@ -48,7 +48,9 @@ def import_user_module(path: str | os.PathLike[str]) -> ModuleType:
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise BenchKitError(f"{path} does not exist; give the path of your training module, e.g. train.py")
+        raise BenchKitError(
+            f"{path} does not exist; give the path of your training module, e.g. train.py"
+        )
     if path.suffix != ".py":
         raise BenchKitError(f"{path} is not a Python file (.py)")
     for mod in list(sys.modules.values()):

@@ -35,10 +35,16 @@ CREDENTIALS_FILE = "credentials.json"
 
 #: Settings a user may set, with their environment variable and meaning.
 KNOWN_SETTINGS: dict[str, tuple[str, str]] = {
-    "store": ("BENCHKIT_STORE", "store URL: a directory, s3://bucket/prefix, gs://..., http(s)://server"),
+    "store": (
+        "BENCHKIT_STORE",
+        "store URL: a directory, s3://bucket/prefix, gs://..., http(s)://server",
+    ),
     "project": ("BENCHKIT_PROJECT", "project name (names runs and code versions)"),
     "cache_limit": ("BENCHKIT_CACHE_LIMIT", "size limit of the chunk cache, e.g. 20GB"),
-    "s3_endpoint": ("BENCHKIT_S3_ENDPOINT", "S3 endpoint URL for S3-compatible stores (MinIO, R2, ...)"),
+    "s3_endpoint": (
+        "BENCHKIT_S3_ENDPOINT",
+        "S3 endpoint URL for S3-compatible stores (MinIO, R2, ...)",
+    ),
     "s3_region": ("BENCHKIT_S3_REGION", "S3 region (else AWS_REGION / AWS_DEFAULT_REGION)"),
 }
 
@@ -211,7 +217,9 @@ def load_settings(
         and not os.path.isabs(os.path.expanduser(str(store.value)))
     ):
         # a relative directory in benchkit.toml is relative to the project, not the cwd
-        values["store"] = Setting("store", str(project_file.parent / str(store.value)), store.source)
+        values["store"] = Setting(
+            "store", str(project_file.parent / str(store.value)), store.source
+        )
     return Settings(values, paths, project_file.parent if project_file else None)
 
 

@@ -16,7 +16,11 @@ from benchkit.settings import get_paths
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "benchkit", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "benchkit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 

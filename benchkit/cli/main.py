@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # dest differs from "version" so that subcommand options such as `run --version N` do not
     # overwrite it in the shared namespace
-    parser.add_argument("--version", dest="show_version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--version", dest="show_version", action="store_true", help="print the version and exit"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -82,7 +82,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print_json(
             {
-                "settings": {s.key: {"value": s.value, "source": s.source} for s in settings.values.values()},
+                "settings": {
+                    s.key: {"value": s.value, "source": s.source} for s in settings.values.values()
+                },
                 "paths": {k: str(v) for k, v in dirs},
             }
         )
@@ -162,7 +164,9 @@ def cmd_project(args: argparse.Namespace) -> int:
             ("store", info["store"]),
             (
                 "credentials",
-                f"set for project {info['project_id']!r}" if creds else "not set (only needed for a Bench server)",
+                f"set for project {info['project_id']!r}"
+                if creds
+                else "not set (only needed for a Bench server)",
             ),
         ],
     )

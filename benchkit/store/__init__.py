@@ -50,10 +50,12 @@ def open_store(url: str | os.PathLike[str] | Store | None = None) -> Store:
         url = load_settings().store
     url = os.fspath(url)
     if not isinstance(url, str) or not url.strip():
-        raise UnsupportedStoreURL(f"empty store URL; supported schemes: {', '.join(SUPPORTED_SCHEMES)}")
+        raise UnsupportedStoreURL(
+            f"empty store URL; supported schemes: {', '.join(SUPPORTED_SCHEMES)}"
+        )
     url = url.strip()
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if scheme == "" :
+    if scheme == "":
         return LocalStore(Path(url))
     if scheme == "file":
         return LocalStore(Path(urlsplit(url).path))
