@@ -44,7 +44,9 @@ class LocalStore(Store):
                 f"permission denied on '{key}' in store {self.url}: check the directory's owner and mode"
             )
         if e.errno == errno.ENOSPC:
-            return StoreError(f"no space left writing '{key}' to store {self.url}: free some disk space")
+            return StoreError(
+                f"no space left writing '{key}' to store {self.url}: free some disk space"
+            )
         if isinstance(e, (IsADirectoryError, NotADirectoryError)):
             return self.not_found(key, "(that key is a prefix of other keys, not an object)")
         return StoreError(f"store {self.url}: '{key}': {e}")
