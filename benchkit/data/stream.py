@@ -348,12 +348,7 @@ class IterableChunk(IterableDataset):
                 alive = functools.partial(_parent_is, os.getppid())
                 path = cache.wait_for(info.sha256, label, self._session, alive)
             else:
-                raise DataError(
-                    f"dataset '{self.name}': DataLoader workers forked from this process cannot "
-                    f"download from store {self.store.url} (tensorstore does not survive fork). "
-                    "Use bench.get_dataset(...) or benchkit.data.loader.StreamingDataLoader, which "
-                    "download in the main process, or DataLoader(..., multiprocessing_context='spawn')"
-                )
+                raise self._fork_error()
             try:
                 fd = pin(path)
             except FileNotFoundError:
@@ -369,6 +364,14 @@ class IterableChunk(IterableDataset):
         raise DataError(
             f"chunk {label} keeps disappearing from the cache {cache.root}; is cache_limit "
             f"({cache.limit // 10**6} MB) smaller than the chunks being read?"
+        )
+
+    def _fork_error(self) -> DataError:
+        return DataError(
+            f"dataset '{self.name}': DataLoader workers forked from this process cannot "
+            f"download from store {self.store.url} (tensorstore does not survive fork). "
+            "Use bench.get_dataset(...) or benchkit.data.loader.StreamingDataLoader, which "
+            "download in the main process, or DataLoader(..., multiprocessing_context='spawn')"
         )
 
     def _close_reader(self, reader: Any) -> None:
@@ -465,6 +468,13 @@ class IterableChunk(IterableDataset):
         needs; the resume position counts the raw samples taken from here.
         """
         info = get_worker_info()
+        if (
+            info is not None
+            and self._index is None
+            and self._session is None
+            and not _store_usable_here(self.store)
+        ):
+            raise self._fork_error()  # before reading the index through the store
         index = self.index
         epoch, start = self.epoch, self._start
         order = self._order(epoch)

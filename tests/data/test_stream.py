@@ -261,3 +261,17 @@ def test_corrupt_chunk_in_a_remote_store_is_named(tmp_path):
             )
         msg = str(err.value)
         assert index.chunks[2].file in msg and "'toy'" in msg and "tensorstore+file://" in msg
+
+
+@pytest.mark.multiprocess
+def test_plain_dataloader_forked_from_a_tensorstore_user_says_what_to_do(tmp_path):
+    url = f"tensorstore+file://{tmp_path / 'ts'}"
+    make_dataset(url, tmp_path)
+    ds = bench.open_dataset("toy", store=url)
+    assert len(ds) == N_SAMPLES  # this process has used tensorstore: forked workers cannot
+    with pytest.raises(DataError, match="StreamingDataLoader"):
+        ids(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1))
+    # the streaming loader downloads in the main process and the workers read the cache
+    assert sorted(ids(StreamingDataLoader(ds, batch_size=4, num_workers=1))) == list(
+        range(N_SAMPLES)
+    )
