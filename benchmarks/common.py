@@ -173,9 +173,21 @@ def dir_stats(path: Path) -> tuple[int, int]:
 
 
 def run_json(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict[str, Any]:
-    """Run a measurement in a fresh interpreter; its last stdout line is a JSON object."""
+    """Run a measurement in a fresh interpreter; its last stdout line is a JSON object.
+
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds, once the whole process
+    group (DataLoader workers, helper processes) is killed.
+    """
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                          start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.communicate()
+            raise
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"

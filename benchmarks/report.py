@@ -87,8 +87,12 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
                     "| library | epoch 1 (cold) | epoch 2 | first batch, s | ratio ep. 1 | ratio ep. 2 | of limit ep. 1 | of limit ep. 2 |",
                     "|---|---|---|---|---|---|---|---|"]
             bk = rows.get(f"benchkit|{mode}|{store}")
+            bk = bk if bk and "epoch1" in bk else None
             for k in keys:
                 r = rows[k]
+                if "timed_out_s" in r:
+                    out.append(f"| {NAMES[r['library']]} | did not finish two epochs in {r['timed_out_s']} s | | | | | | |")
+                    continue
                 e1, e2 = r["epoch1"]["median"], r["epoch2"]["median"]
                 l1, l2 = limit_for(limit, mode, 1, store), limit_for(limit, mode, 2, store)
                 out.append(
@@ -166,7 +170,7 @@ def chart(res: dict, limit: dict | None, path: Path) -> None:
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (store, mode) in zip(axes.flat, panels, strict=False):
-        libs = [lib for lib in STREAM_LIBS if f"{lib}|{mode}|{store}" in rows]
+        libs = [lib for lib in STREAM_LIBS if "epoch1" in rows.get(f"{lib}|{mode}|{store}", {})]
         x = np.arange(len(libs))
         for j, (ep, label) in enumerate((("epoch1", "epoch 1 (cold)"), ("epoch2", "epoch 2"))):
             med = [rows[f"{lib}|{mode}|{store}"][ep]["median"] for lib in libs]

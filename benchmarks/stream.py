@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--stores", default=",".join(STORES))
     ap.add_argument("--repeats", type=int)
+    ap.add_argument("--max-seconds", type=int, default=900,
+                    help="give up on a configuration whose two epochs take longer (default 900)")
     ap.add_argument("--one", nargs=3, metavar=("LIBRARY", "MODE", "STORE"), help=argparse.SUPPRESS)
     ap.add_argument("--endpoint", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -361,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             libraries.append(lib)
     repeats = args.repeats or preset.repeats
     runs: dict[str, list[dict]] = {}
+    too_slow: dict[str, int] = {}
 
     def measure(store: str, endpoint: str | None) -> None:
         env = endpoint_env(endpoint) if endpoint else {}
@@ -372,7 +376,18 @@ def main(argv: list[str] | None = None) -> int:
                     cmd = [sys.executable, __file__, "--one", lib, mode, store] + (["--quick"] if args.quick else [])
                     if endpoint:
                         cmd += ["--endpoint", endpoint]
-                    res = run_json(cmd, env=env)
+                    key = f"{lib}|{mode}|{store}"
+                    if key in too_slow:
+                        continue
+                    try:
+                        res = run_json(cmd, env=env, timeout=args.max_seconds)
+                    except subprocess.TimeoutExpired:
+                        # one configuration must not hold the whole session hostage
+                        too_slow[key] = args.max_seconds
+                        log.warning("%s %s %s: two epochs took longer than %d s; not measured further",
+                                    lib, mode, store, args.max_seconds)
+                        save(partial=True)
+                        continue
                     e1, e2 = res["epochs"]
                     log.info("%s %s %s run %d/%d: epoch 1 %.0f samples/s, epoch 2 %.0f samples/s",
                              lib, mode, store, r + 1, repeats, e1["samples_per_s"], e2["samples_per_s"])
@@ -395,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                 "samples": rs[0]["epochs"][0]["samples"],
                 "page_cache_dropped": all(r["page_cache_dropped"] for r in rs),
             }
+        for key, limit_s in too_slow.items():
+            if key not in runs:
+                lib, mode, store = key.split("|")
+                table[key] = {"library": lib, "mode": mode, "store": store, "timed_out_s": limit_s}
         save_results(preset, "stream", {"batch_size": BATCH_SIZE, "workers": WORKERS, "repeats": repeats,
                                          "partial": partial, "skipped": skipped, "results": table})
         return table
