@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -178,11 +179,12 @@ def test_classic_project_migrate_data_via_manage_py(tmp_path):
     """The template's ProjectDatasets.py (ProcessorDataset + IterableChunk + main()) through manage.py."""
     from benchkit.cli.project import copy_template
 
-    sys.path.insert(0, str(REPO / "examples" / "catdog"))
-    try:
-        import make_data
-    finally:
-        sys.path.pop(0)
+    # loaded by path under its own name: benchmarks/ has a make_data module too
+    spec = importlib.util.spec_from_file_location(
+        "catdog_make_data", REPO / "examples/catdog/make_data.py"
+    )
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
     project = tmp_path / "classic"
     copy_template(project, "classic")
     make_data.make(tmp_path / "images", 36, val_fraction=1 / 6, size=16)
