@@ -26,13 +26,13 @@ _EXPORTS = {
     "open_dataset": "benchkit.data.stream",
     "get_dataset": "benchkit.data.stream",
     # training
-    "train": "benchkit.train.declare",
-    "Run": "benchkit.train.run",
-    "BenchTracker": "benchkit.train.tracker",
-    "BenchAccelerateTracker": "benchkit.train.tracker",
-    "get_accelerator": "benchkit.train.helpers",
-    "upload_model_checkpoint": "benchkit.train.helpers",
-    "wipe_temp": "benchkit.train.helpers",
+    "train": "benchkit.training.declare",
+    "Run": "benchkit.training.run",
+    "BenchTracker": "benchkit.training.tracker",
+    "BenchAccelerateTracker": "benchkit.training.tracker",
+    "get_accelerator": "benchkit.training.helpers",
+    "upload_model_checkpoint": "benchkit.training.helpers",
+    "wipe_temp": "benchkit.training.helpers",
 }
 
 __all__ = ["BenchKitError", "__version__", *sorted(_EXPORTS)]

@@ -35,7 +35,7 @@ def main() -> None:
     n = args.calls
 
     import benchkit as bench
-    from benchkit.train.tracker import BenchTracker
+    from benchkit.training.tracker import BenchTracker
 
     store = tempfile.mkdtemp(prefix="bench-tracker-")
     tracker = BenchTracker("bench", store=store)

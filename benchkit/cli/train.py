@@ -163,7 +163,7 @@ def _store(args: Any):
 
 
 def cmd_run(args: Any) -> int:
-    from benchkit.train.runner import run_command
+    from benchkit.training.runner import run_command
 
     return run_command(args)
 
@@ -188,7 +188,7 @@ STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "interr
 
 
 def cmd_runs_list(args: Any) -> int:
-    from benchkit.train import runs
+    from benchkit.training import runs
 
     store = _store(args)
     records = runs.list_records(store)
@@ -242,7 +242,7 @@ def sparkline(values: list[float], width: int = 60) -> str:
 def cmd_runs_show(args: Any) -> int:
     from rich.table import Table
 
-    from benchkit.train import runs
+    from benchkit.training import runs
 
     store = _store(args)
     rec = runs.load_record(store, runs.resolve_run(store, args.run))
@@ -296,7 +296,7 @@ def cmd_runs_show(args: Any) -> int:
 
 
 def cmd_runs_delete(args: Any) -> int:
-    from benchkit.train import runs
+    from benchkit.training import runs
 
     store = _store(args)
     run_id = runs.resolve_run(store, args.run)
@@ -315,13 +315,13 @@ def cmd_runs_delete(args: Any) -> int:
 def _resolve_run_flag(store: Any, ref: str | None) -> str | None:
     if not ref:
         return None
-    from benchkit.train import runs
+    from benchkit.training import runs
 
     return runs.resolve_run(store, ref)
 
 
 def cmd_ckpt_list(args: Any) -> int:
-    from benchkit.train import checkpoints as ckpt
+    from benchkit.training import checkpoints as ckpt
 
     store = _store(args)
     found = ckpt.list_checkpoints(store, _resolve_run_flag(store, args.run))
@@ -335,7 +335,7 @@ def cmd_ckpt_list(args: Any) -> int:
 
 
 def _pick(args: Any, store: Any, verb: str):
-    from benchkit.train import checkpoints as ckpt
+    from benchkit.training import checkpoints as ckpt
 
     run_id = _resolve_run_flag(store, args.run)
     ref = args.name
@@ -352,7 +352,7 @@ def _pick(args: Any, store: Any, verb: str):
 
 
 def cmd_ckpt_get(args: Any) -> int:
-    from benchkit.train import checkpoints as ckpt
+    from benchkit.training import checkpoints as ckpt
 
     store = _store(args)
     info = _pick(args, store, "get")
@@ -363,7 +363,7 @@ def cmd_ckpt_get(args: Any) -> int:
 
 
 def cmd_ckpt_delete(args: Any) -> int:
-    from benchkit.train import checkpoints as ckpt
+    from benchkit.training import checkpoints as ckpt
 
     store = _store(args)
     info = _pick(args, store, "delete")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from benchkit.store import open_store
-from benchkit.train import checkpoints as ckpt
-from benchkit.train import runs
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
 
 STREAMED = """
 import json, os, signal

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.store import Store, open_store
-from benchkit.train import checkpoints as ckpt
-from benchkit.train import runs
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def get_accelerator(log_with: Any = None, **kwargs: Any) -> Any:
     """
     from accelerate import Accelerator
 
-    from benchkit.train.run import needs_cpu_backend
+    from benchkit.training.run import needs_cpu_backend
 
     class BenchAccelerator(Accelerator):
         def prepare_model(
@@ -57,7 +57,7 @@ def get_accelerator(log_with: Any = None, **kwargs: Any) -> Any:
 
 
 def _bench_tracker(accelerator: Any) -> Any:
-    from benchkit.train.tracker import BenchTracker
+    from benchkit.training.tracker import BenchTracker
 
     for tracker in list(getattr(accelerator, "trackers", [])) + list(
         getattr(accelerator, "log_with", None) or []

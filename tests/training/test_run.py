@@ -12,8 +12,8 @@ import benchkit as bench
 from benchkit.errors import CheckpointError
 from benchkit.registry import kind_of
 from benchkit.store import open_store
-from benchkit.train import checkpoints as ckpt
-from benchkit.train import runs
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
 
 CONFIG = {"epochs": 3, "batch_size": 8, "lr": 0.1, "keep_checkpoints": 2}
 

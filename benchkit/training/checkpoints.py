@@ -30,7 +30,7 @@ from typing import Any
 
 from benchkit.errors import CheckpointError, ObjectNotFound
 from benchkit.store import Store
-from benchkit.train import runs
+from benchkit.training import runs
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from accelerate.tracking import GeneralTracker
 
 from benchkit.errors import TrainError
 from benchkit.store import Store, open_store
-from benchkit.train import runs
+from benchkit.training import runs
 
 log = logging.getLogger(__name__)
 

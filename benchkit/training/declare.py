@@ -1,4 +1,4 @@
-"""``@bench.train``: mark the function ``benchkit run`` calls with a :class:`~benchkit.train.run.Run`.
+"""``@bench.train``: mark the function ``benchkit run`` calls with a :class:`~benchkit.training.run.Run`.
 
 The decorator returns the function itself (still callable with a ``Run``), tagged for the
 registry and carrying its default config as ``fn.config``.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from benchkit.store import open_store
-from benchkit.train import checkpoints as ckpt
-from benchkit.train import runs
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "catdog"
 THRESHOLD = 0.85

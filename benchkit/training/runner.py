@@ -27,8 +27,8 @@ from typing import Any
 from benchkit.errors import BenchKitError, ConfigError, TrainError
 from benchkit.registry import TRAIN, declared, import_user_module
 from benchkit.store import Store, open_store
-from benchkit.train import checkpoints as ckpt
-from benchkit.train import runs
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def parse_value(key: str, text: str, default: Any) -> Any:
 
 def apply_overrides(defaults: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
     """The config after ``key=value`` overrides, each typed by its default."""
-    from benchkit.train.run import IMPLICIT_CONFIG
+    from benchkit.training.run import IMPLICIT_CONFIG
 
     config = {**IMPLICIT_CONFIG, **defaults}
     types = {"keep_checkpoints": 0, "seed": 0}
@@ -326,7 +326,7 @@ def run_command(args: Any) -> int:
 def run_in_process(spec: RunSpec, module: ModuleType) -> int:
     """Build the ``Run`` in this process, call the train function, record the outcome."""
     from benchkit.cli.common import err_console
-    from benchkit.train.run import Run
+    from benchkit.training.run import Run
 
     if spec.classic:
         return run_classic(spec, module)

@@ -1,6 +1,6 @@
 """``bench.Run``: what a ``@bench.train`` function receives.
 
-A run owns the Hugging Face ``Accelerator``, the :class:`~benchkit.train.tracker.BenchTracker`
+A run owns the Hugging Face ``Accelerator``, the :class:`~benchkit.training.tracker.BenchTracker`
 recording it in the store, its loaders and its checkpoints. ``python -m benchkit run`` builds
 one per process; tests and notebooks can build one directly::
 
@@ -25,8 +25,8 @@ from typing import Any
 
 from benchkit.errors import CheckpointError, TrainError
 from benchkit.store import Store, open_store
-from benchkit.train import checkpoints as ckpt
-from benchkit.train import runs
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Run:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import broadcast_object_list, set_seed
 
-        from benchkit.train.tracker import BenchTracker
+        from benchkit.training.tracker import BenchTracker
 
         self.name = name
         self.store = open_store(store)
@@ -455,7 +455,7 @@ class Run:
         if not self.is_main_process:
             yield from iterable
             return
-        from benchkit.train.progress import progress_bar
+        from benchkit.training.progress import progress_bar
 
         if description is None and self.epoch is not None and "epochs" in self.config:
             description = f"epoch {self.epoch + 1}/{self.config['epochs']}"

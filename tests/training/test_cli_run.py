@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchkit.store import open_store
-from benchkit.train import runs
+from benchkit.training import runs
 
 HEADER = """
 import torch

@@ -9,7 +9,7 @@ import torch
 
 import benchkit as bench
 from benchkit.store import open_store
-from benchkit.train import runs
+from benchkit.training import runs
 
 
 def make_run(name: str, epochs: int = 2) -> str:

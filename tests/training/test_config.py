@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from benchkit.errors import ConfigError
-from benchkit.train.run import Config
-from benchkit.train.runner import apply_overrides
+from benchkit.training.run import Config
+from benchkit.training.runner import apply_overrides
 
 DEFAULTS = {
     "epochs": 3,

@@ -10,9 +10,9 @@ from accelerate.tracking import GeneralTracker
 
 from benchkit.errors import TrainError
 from benchkit.store import open_store
-from benchkit.train import runs
-from benchkit.train.helpers import get_accelerator
-from benchkit.train.tracker import BenchAccelerateTracker, BenchTracker
+from benchkit.training import runs
+from benchkit.training.helpers import get_accelerator
+from benchkit.training.tracker import BenchAccelerateTracker, BenchTracker
 
 
 def test_logged_values_steps_and_config_reach_the_store(tmp_path):
