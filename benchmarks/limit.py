@@ -70,13 +70,15 @@ def _decode_range(bounds: tuple[int, int]) -> int:
     from PIL import Image
 
     lo, hi = bounds
+    cpu0 = time.process_time()
     for data in _JPEGS[lo:hi]:
         Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.BILINEAR).tobytes()
-    return hi - lo
+    return hi - lo, time.process_time() - cpu0
 
 
-def decode_only(jpegs: list[bytes], workers: int) -> float:
-    """Seconds for ``workers`` forked processes to decode+resize every JPEG (bytes in memory)."""
+def decode_only(jpegs: list[bytes], workers: int) -> tuple[float, float]:
+    """Seconds for ``workers`` forked processes to decode+resize every JPEG (bytes in memory),
+    and the CPU seconds they used."""
     global _JPEGS
     _JPEGS = jpegs
     n = len(jpegs)
@@ -85,10 +87,10 @@ def decode_only(jpegs: list[bytes], workers: int) -> float:
     with get_context("fork").Pool(workers) as pool:
         pool.map(int, range(workers))  # workers are up before the clock starts
         t0 = time.perf_counter()
-        done = sum(pool.map(_decode_range, ranges, chunksize=1))
+        parts = pool.map(_decode_range, ranges, chunksize=1)
         seconds = time.perf_counter() - t0
-    assert done == n
-    return seconds
+    assert sum(k for k, _ in parts) == n
+    return seconds, sum(c for _, c in parts)
 
 
 def s3_read(preset, repeats: int, threads: int = 4) -> list[float]:
@@ -150,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     for path, _ in list_samples(data_dir(preset)):
         with open(path, "rb") as f:
             jpegs.append(f.read())
-    dec = []
+    dec, dec_cpu = [], []
     for _ in range(repeats):
-        s = decode_only(jpegs, WORKERS)
+        s, cpu = decode_only(jpegs, WORKERS)
         dec.append(s)
+        dec_cpu.append(1e3 * cpu / n)
         log.info("decode+resize of %d JPEGs in %d processes: %.1f s, %.0f samples/s", n, WORKERS, s, n / s)
 
     s3 = s3_read(preset, repeats)
@@ -171,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                       "samples_per_s": summarize([n / s for s, _ in warm])},
         "s3_read": {"threads": 4, "mb_per_s": summarize([t / s / 1e6 for s, t in s3]),
                     "samples_per_s": summarize([n / s for s, _ in s3])},
-        "decode": {"workers": WORKERS, "samples_per_s": summarize([n / s for s in dec])},
+        "decode": {"workers": WORKERS, "samples_per_s": summarize([n / s for s in dec]),
+                   "cpu_ms_per_sample": summarize(dec_cpu)},
     })
     return 0
 

@@ -75,7 +75,9 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
     out = [f"Samples/s over one epoch, median (min–max) of {res['repeats']} runs; batch size "
            f"{res['batch_size']}, {res['workers']} DataLoader workers, shuffle on. "
            "*Ratio* = BenchKit's samples/s divided by this library's (above 1: BenchKit is faster); "
-           "*of limit* = this library's samples/s as a fraction of the limit below.", ""]
+           "*of limit* = this library's samples/s as a fraction of the limit below. *CPU ms/sample*: CPU time "
+           "of the training process and its DataLoader workers per sample (user + system), a cost that "
+           "background load on the machine barely changes, unlike samples/s.", ""]
     for store in ("local", "s3"):
         for mode in ("raw", "decode"):
             keys = [f"{lib}|{mode}|{store}" for lib in STREAM_LIBS if f"{lib}|{mode}|{store}" in rows]
@@ -84,14 +86,14 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
             title = {"raw": "raw bytes, no decode", "decode": "Pillow decode + resize to 224"}[mode]
             where = {"local": "local directory", "s3": "S3 (moto_server on 127.0.0.1)"}[store]
             out += [f"**{where}, {title}**", "",
-                    "| library | epoch 1 (cold) | epoch 2 | first batch, s | ratio ep. 1 | ratio ep. 2 | of limit ep. 1 | of limit ep. 2 |",
-                    "|---|---|---|---|---|---|---|---|"]
+                    "| library | epoch 1 (cold) | epoch 2 | first batch, s | ratio ep. 1 | ratio ep. 2 | of limit ep. 1 | of limit ep. 2 | CPU ms/sample ep. 1 | CPU ms/sample ep. 2 |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
             bk = rows.get(f"benchkit|{mode}|{store}")
             bk = bk if bk and "epoch1" in bk else None
             for k in keys:
                 r = rows[k]
                 if "timed_out_s" in r:
-                    out.append(f"| {NAMES[r['library']]} | did not finish two epochs in {r['timed_out_s']} s | | | | | | |")
+                    out.append(f"| {NAMES[r['library']]} | did not finish two epochs in {r['timed_out_s']} s | | | | | | | | |")
                     continue
                 e1, e2 = r["epoch1"]["median"], r["epoch2"]["median"]
                 l1, l2 = limit_for(limit, mode, 1, store), limit_for(limit, mode, 2, store)
@@ -99,19 +101,23 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
                     f"| {NAMES[r['library']]} | {spread(r['epoch1'])} | {spread(r['epoch2'])} | "
                     f"{spread(r['first_batch_s'], '{:.2f}')} | "
                     f"{ratio(bk['epoch1']['median'], e1) if bk else '–'} | {ratio(bk['epoch2']['median'], e2) if bk else '–'} | "
-                    f"{ratio(e1, l1)} | {ratio(e2, l2)} |")
+                    f"{ratio(e1, l1)} | {ratio(e2, l2)} | "
+                    f"{spread(r['cpu_ms1'], '{:.2f}') if 'cpu_ms1' in r else '–'} | "
+                    f"{spread(r['cpu_ms2'], '{:.2f}') if 'cpu_ms2' in r else '–'} |")
             if limit:
                 if mode == "raw" and store == "s3" and "s3_read" in limit:
                     out.append(f"| *limit: GET of the shard objects, {limit['s3_read']['threads']} at a time; "
                                f"epoch 2: read of the cached files* | {spread(limit['s3_read']['samples_per_s'])} | "
-                               f"{spread(limit['read_warm']['samples_per_s'])} | | | | | |")
+                               f"{spread(limit['read_warm']['samples_per_s'])} | | | | | | | |")
                 elif mode == "raw":
                     out.append(f"| *limit: sequential read of the chunk files* | "
                                f"{spread(limit['read_cold']['samples_per_s'])} (disk) | "
-                               f"{spread(limit['read_warm']['samples_per_s'])} (page cache) | | | | | |")
+                               f"{spread(limit['read_warm']['samples_per_s'])} (page cache) | | | | | | | |")
                 else:
+                    cpu = limit["decode"].get("cpu_ms_per_sample")
+                    cpu_s = spread(cpu, "{:.2f}") if cpu else ""
                     out.append(f"| *limit: decode + resize only, {limit['decode']['workers']} processes* | "
-                               f"{spread(limit['decode']['samples_per_s'])} | same | | | | | |")
+                               f"{spread(limit['decode']['samples_per_s'])} | same | | | | | | {cpu_s} | {cpu_s} |")
             out.append("")
     if res.get("skipped"):
         out += [f"Skipped: {', '.join(f'{k} ({v})' for k, v in res['skipped'].items())}", ""]

@@ -233,6 +233,15 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
     raise ValueError(f"unknown library {library!r}")
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process plus its reaped children (DataLoader workers,
+    WebDataset's pipe helpers): a cost that background load on the machine barely changes."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def preimport(library: str) -> None:
     import torch.utils.data  # noqa: F401
 
@@ -270,8 +279,10 @@ def run_one(library: str, mode: str, store: str, preset_name: str, endpoint: str
                 loader.set_epoch(epoch)
             n = labels = nbytes = 0
             first = None
+            cpu0 = cpu_seconds()
             t0 = time.perf_counter()
-            for batch, y in loader:
+            it = iter(loader)
+            for batch, y in it:
                 if first is None:
                     first = time.perf_counter() - t0
                 n += len(y)
@@ -279,9 +290,11 @@ def run_one(library: str, mode: str, store: str, preset_name: str, endpoint: str
                 if mode == "raw":
                     nbytes += sum(len(b) for b in batch)
             seconds = time.perf_counter() - t0
+            del it  # the workers are joined here, so their CPU time is counted
+            cpu = cpu_seconds() - cpu0
             epochs.append({"seconds": seconds, "samples": n, "labels": labels,
                            "bytes": nbytes if mode == "raw" else None, "first_batch_s": first,
-                           "samples_per_s": n / seconds})
+                           "samples_per_s": n / seconds, "cpu_s": cpu, "cpu_ms_per_sample": 1e3 * cpu / n})
             got = {"samples": n, "labels": labels, "bytes": nbytes if mode == "raw" else expected["bytes"]}
             if got != expected:
                 raise SystemExit(f"{library}/{mode}/{store} epoch {epoch + 1}: got {got}, expected {expected}")
@@ -407,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                 "epoch2": summarize([r["epochs"][1]["samples_per_s"] for r in rs]),
                 "first_batch_s": summarize([r["epochs"][0]["first_batch_s"] for r in rs]),
                 "setup_s": summarize([r["setup_s"] for r in rs]),
+                **({"cpu_ms1": summarize([r["epochs"][0]["cpu_ms_per_sample"] for r in rs]),
+                    "cpu_ms2": summarize([r["epochs"][1]["cpu_ms_per_sample"] for r in rs])}
+                   if all("cpu_ms_per_sample" in r["epochs"][0] for r in rs) else {}),
                 "samples": rs[0]["epochs"][0]["samples"],
                 "page_cache_dropped": all(r["page_cache_dropped"] for r in rs),
             }
