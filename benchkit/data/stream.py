@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,15 +65,6 @@ def _resolve_store(source: Any) -> Store:
     if source is False:
         return staging_store()
     return open_store(source)
-
-
-def _store_usable_here(store: Store) -> bool:
-    """False in a forked child of a process that used a tensorstore store (it would abort)."""
-    if getattr(store, "fork_safe", True):
-        return True
-    mod = sys.modules.get("benchkit.store.tensorstore")
-    owner = getattr(mod, "_threads_pid", None)
-    return owner is None or owner == os.getpid()
 
 
 def _parent_is(ppid: int) -> bool:
@@ -342,7 +332,7 @@ class IterableChunk(IterableDataset):
         for attempt in range(5):
             if prefetcher is not None and attempt == 0:
                 path = prefetcher.get(c)[0]
-            elif _store_usable_here(self.store):
+            elif self.store.usable_here():
                 path = self._prepare_chunk(c)
             elif self._session is not None:
                 alive = functools.partial(_parent_is, os.getppid())
@@ -472,7 +462,7 @@ class IterableChunk(IterableDataset):
             info is not None
             and self._index is None
             and self._session is None
-            and not _store_usable_here(self.store)
+            and not self.store.usable_here()
         ):
             raise self._fork_error()  # before reading the index through the store
         index = self.index

@@ -79,6 +79,10 @@ class Store(ABC):
     #: or ``"forkserver"`` then; the store pickles and reopens itself in the worker.
     fork_safe: bool = True
 
+    def usable_here(self) -> bool:
+        """False in a process that cannot use this store (a forked child of a tensorstore user)."""
+        return True
+
     # --- writing ---------------------------------------------------------------------------
 
     @abstractmethod

@@ -268,6 +268,9 @@ class TensorStoreStore(Store):
         # the spec travels, not the handle: each process opens its own (see module doc)
         return (type(self), (self.spec, self.url, self.part_size, self.endpoint))
 
+    def usable_here(self) -> bool:
+        return self.fork_safe or _threads_pid is None or _threads_pid == os.getpid()
+
     def _store(self) -> Any:
         """This process's kvstore handle, opened on first use."""
         global _threads_pid
