@@ -41,18 +41,24 @@ def declared(module: ModuleType, kind: str) -> dict[str, Any]:
     return found
 
 
+def user_module_path(
+    path: str | os.PathLike[str], error: type[BenchKitError] = BenchKitError
+) -> Path:
+    """The resolved path of a user's module; ``error`` if it is missing or not a .py file."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise error(f"{path} does not exist; give the path of your training module, e.g. train.py")
+    if path.suffix != ".py":
+        raise error(f"{path} is not a Python file (.py)")
+    return path
+
+
 def import_user_module(path: str | os.PathLike[str]) -> ModuleType:
     """Import a user's Python file by path, with its directory first on ``sys.path``.
 
     A module imported twice is imported once: the same path gives the same module object.
     """
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise BenchKitError(
-            f"{path} does not exist; give the path of your training module, e.g. train.py"
-        )
-    if path.suffix != ".py":
-        raise BenchKitError(f"{path} is not a Python file (.py)")
+    path = user_module_path(path)
     for mod in list(sys.modules.values()):
         if getattr(mod, "__file__", None) and Path(mod.__file__).resolve() == path:
             return mod

@@ -35,6 +35,7 @@ from benchkit.code.archive import safe_extract, sha256_file, write_archive
 from benchkit.code.ignore import ProjectFiles, glob_matcher
 from benchkit.code.imports import distributions_for, scan_imports
 from benchkit.errors import CodePackageError, ConfigError, ObjectNotFound
+from benchkit.registry import user_module_path
 from benchkit.settings import PROJECT_FILE, find_project_file
 from benchkit.store import LocalStore, Store, open_store
 from benchkit.units import human_bytes, parse_size
@@ -208,13 +209,7 @@ def collect_files(
 
     ``exclude_dirs`` are left out on top of the ignore rules (a local store inside the project).
     """
-    module = Path(module).expanduser().resolve()
-    if not module.is_file():
-        raise CodePackageError(
-            f"{module} does not exist; give the path of your training module, e.g. train.py"
-        )
-    if module.suffix != ".py":
-        raise CodePackageError(f"{module} is not a Python file (.py)")
+    module = user_module_path(module, CodePackageError)
     root = Path(root).resolve() if root else project_root_for(module)
     entry = module.relative_to(root).as_posix()
     rules = ProjectFiles(root, exclude_dirs)
