@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     preset = preset_from_args(args.quick)
     (WORK / preset.name / "cache").mkdir(parents=True, exist_ok=True)
+    # BenchKit's cache and checksum marks live under BENCHKIT_HOME: one under _work shared by
+    # the phases, as one machine's would be across a restart (and never the user's own)
+    os.environ["BENCHKIT_HOME"] = str(WORK / preset.name / "benchkit-home")
     if args.phase == "first":
         emit(first_half(args.library, preset.name, args.state))
         return 0
