@@ -25,6 +25,7 @@ _EXPORTS = {
     "IterableChunk": "benchkit.data.stream",
     "open_dataset": "benchkit.data.stream",
     "get_dataset": "benchkit.data.stream",
+    "StreamingDataLoader": "benchkit.data.loader",
     # training
     "train": "benchkit.training.declare",
     "Run": "benchkit.training.run",
