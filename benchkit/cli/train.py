@@ -126,7 +126,8 @@ def _list_flags(p: argparse.ArgumentParser) -> None:
     add_store_flag(p)
 
 
-def _get_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
+def _checkpoint_ref(p: argparse.ArgumentParser, optional: bool) -> None:
+    """The NAME positional and --run flag of `checkpoints get` and `checkpoints delete`."""
     p.add_argument(
         "name",
         nargs="?" if optional else None,
@@ -134,6 +135,10 @@ def _get_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
         help="RUN_ID/NAME, a name unique in the store, or a row number of `checkpoints list`",
     )
     p.add_argument("--run", metavar="RUN", help="look the name up in this run")
+
+
+def _get_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    _checkpoint_ref(p, optional)
     p.add_argument(
         "--dest", metavar="DIR", help="where to unpack (default: ./checkpoints/RUN_ID/NAME)"
     )
@@ -141,13 +146,7 @@ def _get_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
 
 
 def _delete_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    p.add_argument(
-        "name",
-        nargs="?" if optional else None,
-        metavar="NAME",
-        help="RUN_ID/NAME, a name unique in the store, or a row number of `checkpoints list`",
-    )
-    p.add_argument("--run", metavar="RUN", help="look the name up in this run")
+    _checkpoint_ref(p, optional)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     add_store_flag(p)
 
