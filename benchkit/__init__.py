@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from benchkit import _aliases  # noqa: F401  (installs the original's BenchKit.* import paths)
 from benchkit._version import __version__
 from benchkit.errors import BenchKitError
 
