@@ -19,6 +19,10 @@ class CredentialsError(BenchKitError):
     """Credentials are missing, unreadable or rejected."""
 
 
+class LockTimeout(BenchKitError):
+    """Another process holds a BenchKit lock file for longer than we may wait."""
+
+
 # --- store -------------------------------------------------------------------------------------
 
 

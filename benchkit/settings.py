@@ -21,7 +21,7 @@ from typing import Any
 import platformdirs
 
 from benchkit.errors import ConfigError, CredentialsError
-from benchkit.store.base import atomic_file
+from benchkit.fsutil import atomic_file
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 from benchkit.cli.common import (
-    add_store_flag,
+    JSON,
+    STORE,
+    YES,
     confirm,
     console,
     human_bytes,
@@ -47,6 +49,7 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
     """``migrate code``."""
     p = msub.add_parser(
         "code",
+        parents=[STORE],
         help="package the code into a new, reproducible code version",
         description="Package FILE (default: train.py or TrainScript.py here), the project "
         "modules it imports, benchkit.toml and the requirements into a reproducible archive "
@@ -74,13 +77,10 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help="refuse packages bigger than this (default 50MB)",
     )
-    add_store_flag(p)
     p.set_defaults(func=cmd_migrate_code)
 
 
 def _add_list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(p)
     p.set_defaults(func=cmd_list)
 
 
@@ -88,7 +88,6 @@ def _add_pull_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("code_version", metavar="N", type=_version_number, help="the version to pull")
     p.add_argument("--dest", metavar="DIR", help="directory to extract into (default: ./code-v<N>)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
-    add_store_flag(p)
     p.set_defaults(func=cmd_pull)
 
 
@@ -100,33 +99,45 @@ def _add_delete_args(p: argparse.ArgumentParser, optional: bool = False) -> None
         nargs="?" if optional else None,
         help="the version to delete",
     )
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    add_store_flag(p)
     p.set_defaults(func=cmd_delete)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """``versions ...`` and the original's ``show-vs``, ``del-vs``, ``pull-vs``."""
-    p = sub.add_parser("versions", help="list, pull, delete and compare stored code versions")
+    listing, store, deleting = [JSON, STORE], [STORE], [YES, STORE]
+    p = sub.add_parser(
+        "versions", parents=listing, help="list, pull, delete and compare stored code versions"
+    )
     vsub = p.add_subparsers(dest="versions_command", metavar="ACTION")
     _add_list_args(p)
-    _add_list_args(vsub.add_parser("list", help="table of the stored code versions (default)"))
-    _add_pull_args(
-        vsub.add_parser("pull", help="extract a version into a directory, verifying checksums")
+    _add_list_args(
+        vsub.add_parser("list", parents=listing, help="table of the stored code versions (default)")
     )
-    _add_delete_args(vsub.add_parser("delete", help="delete a version"))
-    d = vsub.add_parser("diff", help="files added, removed and changed between two versions")
+    _add_pull_args(
+        vsub.add_parser(
+            "pull", parents=store, help="extract a version into a directory, verifying checksums"
+        )
+    )
+    _add_delete_args(vsub.add_parser("delete", parents=deleting, help="delete a version"))
+    d = vsub.add_parser(
+        "diff", parents=listing, help="files added, removed and changed between two versions"
+    )
     d.add_argument("a", type=_version_number)
     d.add_argument("b", type=_version_number)
-    d.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(d)
     d.set_defaults(func=cmd_diff)
 
-    _add_list_args(sub.add_parser("show-vs", help="the original's name for `versions list`"))
-    _add_delete_args(
-        sub.add_parser("del-vs", help="the original's name for `versions delete`"), optional=True
+    _add_list_args(
+        sub.add_parser("show-vs", parents=listing, help="the original's name for `versions list`")
     )
-    _add_pull_args(sub.add_parser("pull-vs", help="the original's name for `versions pull`"))
+    _add_delete_args(
+        sub.add_parser(
+            "del-vs", parents=deleting, help="the original's name for `versions delete`"
+        ),
+        optional=True,
+    )
+    _add_pull_args(
+        sub.add_parser("pull-vs", parents=store, help="the original's name for `versions pull`")
+    )
 
 
 # --- commands --------------------------------------------------------------------------------

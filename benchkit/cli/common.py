@@ -1,19 +1,36 @@
-"""Shared pieces of the command line: the console, tables, JSON output, confirmation."""
+"""Shared pieces of the command line: the consoles, tables, JSON output, confirmation, and
+the parent parsers for the flags many commands take.
+
+Parent parsers (``sub.add_parser("list", parents=[STORE, JSON])``) give every command the same
+spelling and help for ``--store``, ``--json`` and ``--yes``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from benchkit.console import console, err_console  # noqa: F401  (re-exported)
 from benchkit.units import human_bytes  # noqa: F401  (re-exported for the command modules)
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _parent(*flags: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+#: ``--store URL``: every command that uses a store.
+STORE = _parent("--store", metavar="URL", help="store URL (default: `benchkit config`)")
+#: ``--json``: machine-readable output on stdout.
+JSON = _parent("--json", action="store_true", help="print JSON")
+#: ``--yes`` / ``-y``: skip the confirmation of a destructive command.
+YES = _parent("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -44,8 +61,3 @@ def confirm(question: str, assume_yes: bool) -> bool:
         return False
     answer = console.input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")
-
-
-def add_store_flag(parser: Any) -> None:
-    """The ``--store URL`` flag every store-using command takes."""
-    parser.add_argument("--store", metavar="URL", help="store URL (default: `benchkit config`)")

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.cli.common import (
-    add_store_flag,
+    JSON,
+    STORE,
+    YES,
     confirm,
     console,
     human_bytes,
@@ -40,6 +42,7 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
     """``migrate data``."""
     p = msub.add_parser(
         "data",
+        parents=[STORE],
         help="chunk, test and upload the datasets a module declares",
         usage="benchkit migrate data [FILE] [NAME ...] [--chunk|--zip] [--test|--tdl] "
         "[--upload|--up] [--workers N] [--store URL] [--yes]",
@@ -80,37 +83,35 @@ def register_migrate(msub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace changed datasets in the store without asking",
     )
-    add_store_flag(p)
     p.set_defaults(func=cmd_migrate_data)
 
 
-def _add_list(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(p)
-    p.set_defaults(func=cmd_list)
+def _add_list(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    sub.add_parser(name, parents=[JSON, STORE], help=help).set_defaults(func=cmd_list)
 
 
-def _add_delete(p: argparse.ArgumentParser) -> None:
+def _add_delete(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = sub.add_parser(name, parents=[YES, STORE], help=help)
     p.add_argument("name", help="dataset name")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    add_store_flag(p)
     p.set_defaults(func=cmd_delete)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """``datasets list|info|delete`` and the original's ``show-ds`` and ``del-ds``."""
-    p = sub.add_parser("datasets", help="list, inspect and delete datasets in the store")
+    p = sub.add_parser(
+        "datasets", parents=[JSON, STORE], help="list, inspect and delete datasets in the store"
+    )
+    p.set_defaults(func=cmd_list)
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
-    _add_list(p)
-    _add_list(dsub.add_parser("list", help="table of the datasets in the store (default)"))
-    info = dsub.add_parser("info", help="schema and chunk sizes of one dataset")
+    _add_list(dsub, "list", "table of the datasets in the store (default)")
+    info = dsub.add_parser(
+        "info", parents=[JSON, STORE], help="schema and chunk sizes of one dataset"
+    )
     info.add_argument("name", help="dataset name")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(info)
     info.set_defaults(func=cmd_info)
-    _add_delete(dsub.add_parser("delete", help="delete a dataset from the store"))
-    _add_list(sub.add_parser("show-ds", help="the original's name for `datasets list`"))
-    _add_delete(sub.add_parser("del-ds", help="the original's name for `datasets delete`"))
+    _add_delete(dsub, "delete", "delete a dataset from the store")
+    _add_list(sub, "show-ds", "the original's name for `datasets list`")
+    _add_delete(sub, "del-ds", "the original's name for `datasets delete`")
 
 
 # --- migrate data ----------------------------------------------------------------------------

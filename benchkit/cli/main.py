@@ -21,6 +21,7 @@ from benchkit.errors import BenchKitError
 COMMAND_MODULES = [
     "benchkit.cli.project",
     "benchkit.cli.migrate",
+    "benchkit.cli.run",
     "benchkit.cli.train",
     "benchkit.cli.code",
     "benchkit.cli.data",

@@ -16,10 +16,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("migrate", help="chunk and upload datasets, or package code versions")
     msub = p.add_subparsers(dest="migrate_command", metavar="WHAT")
     for name in MIGRATE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # that half has not landed in this tree yet
-        module.register_migrate(msub)
+        importlib.import_module(name).register_migrate(msub)

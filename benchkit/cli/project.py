@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from benchkit.cli.common import console, print_json, print_table
+from benchkit.cli.common import JSON, console, print_json, print_table
 from benchkit.errors import ConfigError
 from benchkit.settings import (
     KNOWN_SETTINGS,
@@ -35,13 +35,15 @@ def template_dir() -> Path:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show or change settings (and where each value comes from)")
+    p = sub.add_parser(
+        "config",
+        parents=[JSON],
+        help="show or change settings (and where each value comes from)",
+    )
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     p.add_argument("--store", metavar="URL", help="show what this flag would do")
-    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_config_show)
-    s = csub.add_parser("show", help="show the effective settings (default)")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    s = csub.add_parser("show", parents=[JSON], help="show the effective settings (default)")
     s.add_argument("--store", metavar="URL", help="show what this flag would do")
     s.set_defaults(func=cmd_config_show)
     s = csub.add_parser("set", help="set a user setting")
@@ -66,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     p.set_defaults(func=cmd_startproject)
 
-    p = sub.add_parser("project", help="show the current project, store and credentials")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser(
+        "project", parents=[JSON], help="show the current project, store and credentials"
+    )
     p.set_defaults(func=cmd_project)
 
     p = sub.add_parser("logout", help="remove the stored credentials")

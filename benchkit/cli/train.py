@@ -1,5 +1,5 @@
-"""Training commands: ``run``, ``runs list|show|delete``, ``checkpoints list|get|delete`` and
-the original's ``show-check``, ``get-check``, ``del-check``."""
+"""Runs and checkpoints: ``runs list|show|delete``, ``checkpoints list|get|delete`` and the
+original's ``show-check``, ``get-check``, ``del-check``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.cli.common import (
-    add_store_flag,
+    JSON,
+    STORE,
+    YES,
     confirm,
     console,
     err_console,
@@ -21,109 +23,68 @@ from benchkit.errors import CheckpointError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run a module's @bench.train function (one process or several through torchrun)",
-        description="Run the @bench.train function of FILE. Datasets it declares that the store "
-        "lacks are migrated first.",
-    )
-    p.add_argument("file", nargs="?", help="the training module, e.g. train.py")
-    p.add_argument(
-        "--fn", metavar="NAME", help="which @bench.train function, when there are several"
-    )
-    p.add_argument(
-        "--processes",
-        "-n",
-        metavar="N",
-        default="1",
-        help="processes to start through torchrun: a number or 'auto' (one per GPU)",
-    )
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument(
-        "--mixed-precision", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision"
-    )
-    p.add_argument(
-        "--config",
-        "-c",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a config value (typed by its default); repeatable",
-    )
-    p.add_argument("--name", help="the run's name (default: the function's)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        metavar="RUN_ID",
-        help="continue a run from its latest checkpoint (default: the latest run of this name)",
-    )
-    p.add_argument(
-        "--version", type=int, metavar="N", help="run stored code version N instead of FILE"
-    )
-    p.add_argument(
-        "--log-with",
-        action="append",
-        metavar="TRACKER",
-        help="also log to this Accelerate tracker (e.g. tensorboard); repeatable",
-    )
-    add_store_flag(p)
-    p.set_defaults(func=cmd_run)
-
     # runs
-    p = sub.add_parser("runs", help="list, show and delete training runs")
+    p = sub.add_parser("runs", parents=[JSON, STORE], help="list, show and delete training runs")
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(p)
     p.set_defaults(func=cmd_runs_list)
-    s = rsub.add_parser("list", help="runs: id, name, status, start, duration, last metrics")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(s)
+    s = rsub.add_parser(
+        "list",
+        parents=[JSON, STORE],
+        help="runs: id, name, status, start, duration, last metrics",
+    )
     s.set_defaults(func=cmd_runs_list)
-    s = rsub.add_parser("show", help="a run's config, status, last values and a chart per metric")
+    s = rsub.add_parser(
+        "show",
+        parents=[JSON, STORE],
+        help="a run's config, status, last values and a chart per metric (--json: every point)",
+    )
     s.add_argument("run", help="run id, unique id prefix, row number or run name (its latest run)")
-    s.add_argument("--json", action="store_true", help="print JSON with every logged point")
-    add_store_flag(s)
     s.set_defaults(func=cmd_runs_show)
-    s = rsub.add_parser("delete", help="delete a run, its metrics and its checkpoints")
+    s = rsub.add_parser(
+        "delete", parents=[YES, STORE], help="delete a run, its metrics and its checkpoints"
+    )
     s.add_argument("run")
-    s.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    add_store_flag(s)
     s.set_defaults(func=cmd_runs_delete)
 
     # checkpoints
-    p = sub.add_parser("checkpoints", help="list, download and delete checkpoints")
+    p = sub.add_parser(
+        "checkpoints", parents=[JSON, STORE], help="list, download and delete checkpoints"
+    )
     csub = p.add_subparsers(dest="checkpoints_command", metavar="ACTION")
     _list_flags(p)
     p.set_defaults(func=cmd_ckpt_list)
-    s = csub.add_parser("list", help="stored checkpoints (table; --json)")
+    s = csub.add_parser("list", parents=[JSON, STORE], help="stored checkpoints (table; --json)")
     _list_flags(s)
     s.set_defaults(func=cmd_ckpt_list)
-    s = csub.add_parser("get", help="download and unpack a checkpoint")
+    s = csub.add_parser("get", parents=[STORE], help="download and unpack a checkpoint")
     _get_flags(s)
     s.set_defaults(func=cmd_ckpt_get)
-    s = csub.add_parser("delete", help="delete a checkpoint")
-    _delete_flags(s)
+    s = csub.add_parser("delete", parents=[YES, STORE], help="delete a checkpoint")
+    _checkpoint_ref(s, optional=False)
     s.set_defaults(func=cmd_ckpt_delete)
 
     # the original's names
-    s = sub.add_parser("show-check", help="alias of `checkpoints list`")
+    s = sub.add_parser("show-check", parents=[JSON, STORE], help="alias of `checkpoints list`")
     _list_flags(s)
     s.set_defaults(func=cmd_ckpt_list)
-    s = sub.add_parser("get-check", help="alias of `checkpoints get` (asks for a row when no NAME)")
+    s = sub.add_parser(
+        "get-check",
+        parents=[STORE],
+        help="alias of `checkpoints get` (asks for a row when no NAME)",
+    )
     _get_flags(s, optional=True)
     s.set_defaults(func=cmd_ckpt_get)
     s = sub.add_parser(
-        "del-check", help="alias of `checkpoints delete` (asks for a row when no NAME)"
+        "del-check",
+        parents=[YES, STORE],
+        help="alias of `checkpoints delete` (asks for a row when no NAME)",
     )
-    _delete_flags(s, optional=True)
+    _checkpoint_ref(s, optional=True)
     s.set_defaults(func=cmd_ckpt_delete)
 
 
 def _list_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="RUN", help="only this run's checkpoints")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_store_flag(p)
 
 
 def _checkpoint_ref(p: argparse.ArgumentParser, optional: bool) -> None:
@@ -142,13 +103,6 @@ def _get_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument(
         "--dest", metavar="DIR", help="where to unpack (default: ./checkpoints/RUN_ID/NAME)"
     )
-    add_store_flag(p)
-
-
-def _delete_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    _checkpoint_ref(p, optional)
-    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    add_store_flag(p)
 
 
 def _store(args: Any):
@@ -156,15 +110,6 @@ def _store(args: Any):
     from benchkit.store import open_store
 
     return open_store(load_settings({"store": getattr(args, "store", None)}).store)
-
-
-# --- run ---------------------------------------------------------------------------------------
-
-
-def cmd_run(args: Any) -> int:
-    from benchkit.training.runner import run_command
-
-    return run_command(args)
 
 
 # --- runs --------------------------------------------------------------------------------------

@@ -22,17 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from benchkit.errors import CodePackageError
-
-BUFFER = 1024 * 1024
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BUFFER), b""):
-            h.update(block)
-    return h.hexdigest()
+from benchkit.fsutil import sha256_file
 
 
 def _info(name: str, size: int, executable: bool) -> tarfile.TarInfo:

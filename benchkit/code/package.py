@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from benchkit._version import __version__
-from benchkit.code.archive import safe_extract, sha256_file, write_archive
+from benchkit.code.archive import safe_extract, write_archive
 from benchkit.code.ignore import ProjectFiles, glob_matcher
 from benchkit.code.imports import distributions_for, scan_imports
 from benchkit.errors import CodePackageError, ConfigError, ObjectNotFound
+from benchkit.fsutil import sha256_file
 from benchkit.registry import user_module_path
 from benchkit.settings import PROJECT_FILE, find_project_file
 from benchkit.store import LocalStore, Store, open_store

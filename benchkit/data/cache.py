@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.errors import CorruptChunk, DataError
-from benchkit.store.base import Store, fsync_dir
+from benchkit.fsutil import fsync_dir
+from benchkit.store.base import Store
 
 __all__ = [
     "ChunkCache",

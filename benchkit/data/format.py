@@ -45,7 +45,7 @@ from typing import Any
 
 from benchkit.data.sample import ChunkFile, File
 from benchkit.errors import CorruptChunk, DataError, SchemaError
-from benchkit.store.base import atomic_file
+from benchkit.fsutil import atomic_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -505,15 +505,6 @@ def write_chunk(path: str | os.PathLike[str], encoded_samples: Sequence[bytes]) 
             digest.update(block)
             f.write(block)
     return pos, digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ChunkReader:

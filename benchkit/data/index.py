@@ -14,7 +14,6 @@ __all__ = [
     "ChunkInfo",
     "DatasetIndex",
     "check_dataset_name",
-    "chunk_file_name",
     "dataset_prefix",
     "load_index",
 ]
@@ -37,11 +36,6 @@ def check_dataset_name(name: str) -> str:
 def dataset_prefix(name: str) -> str:
     """The store prefix of a dataset: ``datasets/<name>/``."""
     return f"{DATASETS_PREFIX}{check_dataset_name(name)}/"
-
-
-def chunk_file_name(k: int) -> str:
-    """The file name of the ``k``-th chunk."""
-    return f"chunk-{k:06d}.bkc"
 
 
 @dataclass

@@ -160,14 +160,9 @@ def check_dataset(
 
 
 def _stream_all(decl: Any, staging: Store, num_workers: int, notes: list[str]) -> int | None:
-    try:
-        from benchkit.data.stream import open_dataset
-    except ImportError:
-        notes.append(
-            "streaming through a DataLoader skipped: benchkit.data.stream is not available"
-        )
-        return None
     from torch.utils.data import DataLoader
+
+    from benchkit.data.stream import open_dataset
 
     ds = open_dataset(
         decl.name,
@@ -204,10 +199,6 @@ class UploadReport:
     seconds: float
 
 
-def _sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _already_there(
     store: Store, key: str, info: Any, existing: set[str], remote: dict[str, Any]
 ) -> bool:
@@ -224,7 +215,7 @@ def _already_there(
     # chunk names hold their checksum, so an equal name and size is the same chunk; small ones
     # are cheap to compare outright
     if info.bytes <= HASH_CHECK_MAX:
-        return _sha256_of(store.get(key)) == info.sha256
+        return hashlib.sha256(store.get(key)).hexdigest() == info.sha256
     return True
 
 
@@ -322,24 +313,9 @@ def upload_dataset(
 def _upload_progress(name: str, total: int, enabled: bool) -> Any:
     if not enabled:
         return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from benchkit.console import make_progress
 
-    bar = Progress(
-        TextColumn("[bold]uploading[/bold] {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
+    bar = make_progress("uploading", unit="bytes")
     bar.add_task(name, total=total)
     bar.start()
     return bar
@@ -364,9 +340,8 @@ def ensure_migrated(
     with _migration_lock(staging_root(root), decl.name):
         if _in_store(store, decl.name):
             return False
-        from rich.console import Console
+        from benchkit.console import err_console as console
 
-        console = Console(stderr=True)
         console.print(
             f"[yellow]dataset '{decl.name}' is not in store {store.url}: migrating it now "
             f"(chunk + upload; `python -m benchkit migrate data` does this ahead of time)[/yellow]",

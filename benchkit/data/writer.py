@@ -45,7 +45,7 @@ from benchkit.data.format import (
 from benchkit.data.index import INDEX_FILE, ChunkInfo, DatasetIndex, dataset_prefix
 from benchkit.data.sample import File
 from benchkit.errors import BenchKitError, DataError
-from benchkit.store.base import atomic_file, fsync_dir
+from benchkit.fsutil import atomic_file, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _worker_init(parent: int) -> None:
 
 
 class _Progress:
-    """A rich progress bar with samples/s and MB/s, or nothing."""
+    """A progress bar with samples/s and MB/s, or nothing."""
 
     def __init__(self, name: str, total: int | None, enabled: bool) -> None:
         self.bar: Any = None
@@ -113,36 +113,18 @@ class _Progress:
         self.start = time.monotonic()
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from benchkit.console import make_progress
 
-        self.bar = Progress(
-            TextColumn("[bold]chunking[/bold] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self.task = self.bar.add_task(name, total=total, rate="")
+        self.bar = make_progress("chunking", unit="samples", info=True)
+        self.task = self.bar.add_task(name, total=total, info="")
         self.bar.start()
 
     def advance(self, samples: int, nbytes: int) -> None:
         self.bytes += nbytes
         if self.bar is None:
             return
-        task = self.bar.tasks[0]
         elapsed = max(time.monotonic() - self.start, 1e-6)
-        done = task.completed + samples
-        rate = f"{done / elapsed:,.0f} samples/s  {self.bytes / 1e6 / elapsed:,.1f} MB/s"
-        self.bar.update(self.task, advance=samples, rate=rate)
+        self.bar.update(self.task, advance=samples, info=f"{self.bytes / 1e6 / elapsed:,.1f} MB/s")
 
     def close(self) -> None:
         if self.bar is not None:

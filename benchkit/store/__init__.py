@@ -20,7 +20,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchkit.errors import UnsupportedStoreURL
-from benchkit.store.base import DEFAULT_PART_SIZE, ObjectInfo, Store, atomic_file, check_key
+from benchkit.fsutil import atomic_file
+from benchkit.settings import load_settings
+from benchkit.store.base import DEFAULT_PART_SIZE, ObjectInfo, Store, check_key
 from benchkit.store.local import LocalStore
 
 __all__ = [
@@ -45,8 +47,6 @@ def open_store(url: str | os.PathLike[str] | Store | None = None) -> Store:
     if isinstance(url, Store):
         return url
     if url is None:
-        from benchkit.settings import load_settings
-
         url = load_settings().store
     url = os.fspath(url)
     if not isinstance(url, str) or not url.strip():

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from benchkit.errors import InvalidKey, ObjectNotFound
+from benchkit.fsutil import atomic_file
 
 MiB = 1024 * 1024
 #: Objects larger than this are moved in parts of this size on backends that hold whole values
@@ -181,60 +181,3 @@ class Store(ABC):
     def not_found(self, key: str, hint: str = "") -> ObjectNotFound:
         """The error to raise for a missing ``key`` in this store."""
         return ObjectNotFound(key, self.url, hint)
-
-
-class atomic_file:
-    """Context manager writing a file atomically: temp file in the same directory, fsync, rename.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], mode: int = 0o644) -> None:
-        self.path = Path(path)
-        self.mode = mode
-        self._tmp: str | None = None
-        self._f: BinaryIO | None = None
-
-    def __enter__(self) -> BinaryIO:
-        for attempt in range(3):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd, self._tmp = tempfile.mkstemp(
-                    prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-                )
-                break
-            except FileNotFoundError:
-                # a concurrent delete pruned the (then empty) directory: make it again
-                if attempt == 2:
-                    raise
-        os.fchmod(fd, self.mode)
-        self._f = os.fdopen(fd, "wb")
-        return self._f
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._f is not None and self._tmp is not None
-        try:
-            if exc_type is None:
-                self._f.flush()
-                os.fsync(self._f.fileno())
-            self._f.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-                fsync_dir(self.path.parent)
-        finally:
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from benchkit.errors import StoreError, StorePermissionError
-from benchkit.store.base import COPY_BUFFER, ObjectInfo, Store, atomic_file, check_key, check_prefix
+from benchkit.fsutil import atomic_file
+from benchkit.store.base import COPY_BUFFER, ObjectInfo, Store, check_key, check_prefix
 
 
 class LocalStore(Store):

@@ -78,11 +78,11 @@ from benchkit.errors import (
     StorePermissionError,
     UnsupportedStoreURL,
 )
+from benchkit.fsutil import atomic_file
 from benchkit.store.base import (
     DEFAULT_PART_SIZE,
     ObjectInfo,
     Store,
-    atomic_file,
     check_key,
     check_prefix,
     is_hidden,

@@ -16,7 +16,6 @@ holds only plain containers, ints and tensors).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.errors import CheckpointError, ObjectNotFound
+from benchkit.fsutil import sha256_file
 from benchkit.store import Store
 from benchkit.training import runs
 
@@ -71,14 +71,6 @@ def check_name(name: str) -> str:
             "not starting with '.' and without '/'"
         )
     return name
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- saving ------------------------------------------------------------------------------------
@@ -128,7 +120,7 @@ def _pack_and_upload(
     store: Store, run_id: str, name: str, staging: Path, world_size: int, meta: dict[str, Any]
 ) -> CheckpointInfo:
     files = {
-        str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(staging.rglob("*"))
         if p.is_file()
     }
@@ -316,7 +308,7 @@ def verify_dir(path: Path, what: str) -> dict[str, Any]:
         p = path / rel
         if not p.is_file():
             raise CheckpointError(f"{what} is incomplete: {rel} is missing")
-        if p.stat().st_size != expect["size"] or _sha256(p) != expect["sha256"]:
+        if p.stat().st_size != expect["size"] or sha256_file(p) != expect["sha256"]:
             raise CheckpointError(
                 f"{what} is corrupt: {rel} does not match its checksum; delete it and use an earlier one"
             )

@@ -117,10 +117,7 @@ def wipe_temp(accelerator: Any | None = None) -> None:
     if accelerator is not None:
         accelerator.wait_for_everyone()
     gc.collect()
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchkit.console import console
 from benchkit.errors import CheckpointError, TrainError
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
@@ -131,13 +132,9 @@ def needs_cpu_backend() -> bool:
 def is_streaming_loader(obj: Any) -> bool:
     """True for BenchKit's streaming loaders: already sharded per rank, so they must not go
     through ``accelerator.prepare`` (which would shard them again)."""
-    try:
-        from benchkit.data.loader import StreamingDataLoader
-    except ImportError:
-        return bool(getattr(obj, "__benchkit_streaming__", False))
-    return isinstance(obj, StreamingDataLoader) or bool(
-        getattr(obj, "__benchkit_streaming__", False)
-    )
+    from benchkit.data.loader import StreamingDataLoader
+
+    return isinstance(obj, StreamingDataLoader)
 
 
 class Run:
@@ -367,11 +364,9 @@ class Run:
         """
         import torch
 
-        try:
-            from benchkit.data.loader import StreamingDataLoader
-            from benchkit.data.stream import open_dataset
-        except ImportError as e:  # pragma: no cover - the data package is part of BenchKit
-            raise TrainError(f"streaming datasets are unavailable: {e}") from e
+        from benchkit.data.loader import StreamingDataLoader
+        from benchkit.data.stream import open_dataset
+
         if batch_size is None:
             if "batch_size" not in self.config:
                 raise TrainError(
@@ -477,8 +472,6 @@ class Run:
         """Print on the main process (through rich) and record the text as a run message."""
         if not self.is_main_process:
             return
-        from benchkit.cli.common import console
-
         console.print(*objects, **kwargs)
         self.tracker.message(" ".join(str(o) for o in objects))
 

@@ -1,5 +1,5 @@
-"""``benchkit run FILE``: find the ``@bench.train`` function and run it, in one process or
-several through torchrun.
+"""Running a ``@bench.train`` function, in one process or several through torchrun: what
+``benchkit run`` does once the command line has been parsed into a :class:`RunRequest`.
 
 The launching process does everything that must happen once: check out a stored code version
 (``--version``), migrate datasets missing from the store, type the ``--config`` values, pick the
@@ -24,11 +24,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from benchkit.code.package import checkout
+from benchkit.console import err_console
+from benchkit.data.declare import datasets_in_module
+from benchkit.data.migrate import ensure_migrated
 from benchkit.errors import BenchKitError, ConfigError, TrainError
 from benchkit.registry import TRAIN, declared, import_user_module
+from benchkit.settings import get_paths, load_settings
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
 from benchkit.training import runs
+from benchkit.training.run import IMPLICIT_CONFIG, Run
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +133,6 @@ def parse_value(key: str, text: str, default: Any) -> Any:
 
 def apply_overrides(defaults: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
     """The config after ``key=value`` overrides, each typed by its default."""
-    from benchkit.training.run import IMPLICIT_CONFIG
-
     config = {**IMPLICIT_CONFIG, **defaults}
     types = {"keep_checkpoints": 0, "seed": 0}
     for pair in pairs:
@@ -153,15 +157,8 @@ def apply_overrides(defaults: dict[str, Any], pairs: list[str]) -> dict[str, Any
 def migrate_missing_datasets(
     module: ModuleType, store: Store, project_root: Path | None
 ) -> list[str]:
-    """Migrate the module's declared datasets that the store does not have yet; returns their names."""
-    try:
-        from benchkit.data.declare import datasets_in_module
-        from benchkit.data.migrate import ensure_migrated
-    except ImportError:
-        log.debug("dataset migration is not available in this tree")
-        return []
-    from benchkit.cli.common import err_console
-
+    """Migrate the module's declared datasets that the store does not have yet; returns their
+    names. (The place where a changed dataset would be checked against the store, too.)"""
     migrated = []
     root = project_root or Path(module.__file__).parent
     for name, decl in datasets_in_module(module).items():
@@ -171,15 +168,30 @@ def migrate_missing_datasets(
     return migrated
 
 
-def module_datasets(module: ModuleType) -> dict[str, Any]:
-    try:
-        from benchkit.data.declare import datasets_in_module
-    except ImportError:
-        return {}
-    return datasets_in_module(module)
-
-
 # --- resolving the run -------------------------------------------------------------------------
+
+
+@dataclass
+class RunRequest:
+    """What ``benchkit run`` was asked for, before anything is resolved."""
+
+    #: the training module; None with ``version``
+    file: str | None = None
+    #: which ``@bench.train`` function, when the module has several
+    fn: str | None = None
+    #: the run's name (default: the function's)
+    name: str | None = None
+    #: ``KEY=VALUE`` overrides, typed by the defaults
+    config: list[str] = field(default_factory=list)
+    #: None: a new run; "": the latest run of this name with a checkpoint; else a run reference
+    resume: str | None = None
+    #: run stored code version N instead of ``file``
+    version: int | None = None
+    store: str | None = None
+    cpu: bool = False
+    mixed_precision: str | None = None
+    log_with: list[str] = field(default_factory=list)
+    processes: int = 1
 
 
 def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
@@ -203,6 +215,7 @@ def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
 
 
 def processes_from(value: str | int | None) -> int:
+    """The process count from ``--processes``: a number, or ``auto`` (one per GPU)."""
     if value in (None, "", 1, "1"):
         return 1
     if value == "auto":
@@ -218,59 +231,56 @@ def processes_from(value: str | int | None) -> int:
     return n
 
 
-def prepare_spec(args: Any) -> tuple[RunSpec, ModuleType]:
-    """Resolve FILE/--version, the train function, the store, the datasets and the config."""
-    from benchkit.settings import load_settings
-
-    file = args.file
-    if not file and args.resume and args.resume.endswith(".py"):  # `run --resume train.py`
-        file, args.resume = args.resume, ""
-    if getattr(args, "version", None) is not None:
-        file = checkout_version(args, args.version)
+def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
+    """Resolve the file (or code version), the train function, the store, the datasets and
+    the config: everything that must happen once, before any training process starts."""
+    file, store_url = req.file, req.store
+    if req.version is not None:
+        file, store_url = checkout_version(req.version, store_url)
     if not file:
         raise ConfigError("give the training module: benchkit run train.py (or --version N)")
-    settings = load_settings({"store": args.store}, project_dir=Path(file).resolve().parent)
+    settings = load_settings({"store": store_url}, project_dir=Path(file).resolve().parent)
     store = open_store(settings.store)
     module = import_user_module(file)
-    classic = args.fn is None and not declared(module, TRAIN) and is_classic_script(module)
+    classic = req.fn is None and not declared(module, TRAIN) and is_classic_script(module)
     if classic:
-        if args.config or args.resume is not None:
+        if req.config or req.resume is not None:
             raise ConfigError(
                 f"{file} is a classic script (a main() and no @bench.train function): "
                 "--config and --resume need a @bench.train function"
             )
         fn = None
-        name = args.name or Path(file).stem
+        name = req.name or Path(file).stem
     else:
-        fn = find_train_function(module, args.fn)
-        name = args.name or fn.__benchkit_name__
+        fn = find_train_function(module, req.fn)
+        name = req.name or fn.__benchkit_name__
     migrate_missing_datasets(module, store, settings.project_root)
-    resume = args.resume is not None
+    resume = req.resume is not None
     if classic:
         config, run_id = {}, runs.new_run_id(name)
     elif resume:
-        rec = resolve_resume(store, name, args.resume or None)
-        base = {k: v for k, v in rec.config.items()}
+        rec = resolve_resume(store, name, req.resume or None)
+        base = dict(rec.config)
         for k, v in getattr(fn, "config", {}).items():
             base.setdefault(k, v)
-        config = apply_overrides(base, args.config or [])
+        config = apply_overrides(base, req.config)
         run_id = rec.id
         name = rec.name
     else:
-        config = apply_overrides(getattr(fn, "config", {}), args.config or [])
+        config = apply_overrides(getattr(fn, "config", {}), req.config)
         run_id = runs.new_run_id(name)
     spec = RunSpec(
         file=str(Path(file).resolve()),
-        fn=args.fn,
+        fn=req.fn,
         name=name,
         run_id=run_id,
         config=config,
         store=store.url if "://" not in settings.store else settings.store,
         resume=resume,
-        cpu=bool(args.cpu),
-        mixed_precision=args.mixed_precision,
+        cpu=req.cpu,
+        mixed_precision=req.mixed_precision,
         project=settings.project,
-        log_with=list(args.log_with or []),
+        log_with=list(req.log_with),
         classic=classic,
     )
     return spec, module
@@ -281,53 +291,40 @@ def is_classic_script(module: ModuleType) -> bool:
     return callable(getattr(module, "main", None))
 
 
-def checkout_version(args: Any, version: int) -> str:
-    """Check out stored code version ``version`` into a fresh directory; returns its entry file."""
-    try:
-        from benchkit.code.package import checkout
-    except ImportError as e:  # pragma: no cover
-        raise TrainError(f"--version needs benchkit.code, which failed to import: {e}") from e
-    from benchkit.settings import get_paths, load_settings
-
-    settings = load_settings({"store": args.store})
+def checkout_version(version: int, store_url: str | None = None) -> tuple[str, str]:
+    """Check out stored code version ``version`` into a fresh directory. Returns its entry
+    file and the store it came from (the run uses that store: the checked-out benchkit.toml
+    may name a store relative to the project, which would resolve inside the checkout)."""
+    settings = load_settings({"store": store_url})
     store = open_store(settings.store)
-    if args.store is None:
-        # The run uses the store the code came from: the checked-out benchkit.toml may name a
-        # store relative to the project, which would resolve inside the temporary checkout.
-        args.store = settings.store
     base = get_paths().cache / "code"
     base.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=base))
     manifest = checkout(store, version, dest)
-    entry = dest / manifest.entry_point
-    from benchkit.cli.common import err_console
-
     err_console.print(f"[cyan]code version {version} checked out into {dest}[/cyan]")
-    return str(entry)
+    return str(dest / manifest.entry_point), settings.store
 
 
 # --- running -----------------------------------------------------------------------------------
 
 
-def run_command(args: Any) -> int:
-    """The ``run`` command: returns the exit status."""
-    spec_text = os.environ.get(SPEC_ENV)
-    if spec_text:  # a torchrun worker: the launcher resolved everything
-        spec = RunSpec(**json.loads(spec_text))
-        module = import_user_module(spec.file)
-        return run_in_process(spec, module)
-    spec, module = prepare_spec(args)
-    n = processes_from(args.processes)
-    if n > 1:
-        return launch_torchrun(spec, n)
+def run(req: RunRequest) -> int:
+    """``benchkit run``: resolve the request, then train in this process or through torchrun;
+    returns the exit status."""
+    spec, module = prepare_run(req)
+    if req.processes > 1:
+        return launch_torchrun(spec, req.processes)
     return run_in_process(spec, module)
+
+
+def run_worker(spec_json: str) -> int:
+    """A torchrun worker: join the run the launcher resolved (``BENCHKIT_RUN_SPEC``)."""
+    spec = RunSpec(**json.loads(spec_json))
+    return run_in_process(spec, import_user_module(spec.file))
 
 
 def run_in_process(spec: RunSpec, module: ModuleType) -> int:
     """Build the ``Run`` in this process, call the train function, record the outcome."""
-    from benchkit.cli.common import err_console
-    from benchkit.training.run import Run
-
     if spec.classic:
         return run_classic(spec, module)
     fn = find_train_function(module, spec.fn)
@@ -340,7 +337,7 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         cpu=spec.cpu,
         mixed_precision=spec.mixed_precision,
         log_with=spec.log_with or None,
-        datasets=module_datasets(module),
+        datasets=datasets_in_module(module),
         project=spec.project,
     )
     if run.is_main_process:
@@ -382,8 +379,6 @@ def run_classic(spec: RunSpec, module: ModuleType) -> int:
     """Call a classic script's ``main()``. Its ``BenchAccelerateTracker`` joins run
     ``spec.run_id`` (through ``BENCHKIT_RUN_ID``); the store, ``--cpu`` and
     ``--mixed-precision`` reach its accelerator through the environment."""
-    from benchkit.cli.common import err_console
-
     env = {"BENCHKIT_RUN_ID": spec.run_id, "BENCHKIT_STORE": spec.store}
     if spec.cpu:
         env["ACCELERATE_USE_CPU"] = "true"
@@ -426,8 +421,6 @@ def torchrun_command(n: int) -> list[str]:
 
 def launch_torchrun(spec: RunSpec, n: int) -> int:
     """Run ``n`` worker processes through torchrun; record failures the workers could not."""
-    from benchkit.cli.common import err_console
-
     env = dict(os.environ)
     env[SPEC_ENV] = json.dumps(asdict(spec))
     env["BENCHKIT_RUN_ID"] = spec.run_id

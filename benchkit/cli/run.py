@@ -1,0 +1,91 @@
+"""``benchkit run``: parse the flags into a :class:`~benchkit.training.runner.RunRequest` and
+hand it to the training runner (a torchrun worker joins the run its launcher resolved)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from benchkit.cli.common import STORE
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        parents=[STORE],
+        help="run a module's @bench.train function (one process or several through torchrun)",
+        description="Run the @bench.train function of FILE. Datasets it declares that the store "
+        "lacks are migrated first.",
+    )
+    p.add_argument("file", nargs="?", help="the training module, e.g. train.py")
+    p.add_argument(
+        "--fn", metavar="NAME", help="which @bench.train function, when there are several"
+    )
+    p.add_argument(
+        "--processes",
+        "-n",
+        metavar="N",
+        default="1",
+        help="processes to start through torchrun: a number or 'auto' (one per GPU)",
+    )
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument(
+        "--mixed-precision", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision"
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config value (typed by its default); repeatable",
+    )
+    p.add_argument("--name", help="the run's name (default: the function's)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN_ID",
+        help="continue a run from its latest checkpoint (default: the latest run of this name)",
+    )
+    p.add_argument(
+        "--version", type=int, metavar="N", help="run stored code version N instead of FILE"
+    )
+    p.add_argument(
+        "--log-with",
+        action="append",
+        metavar="TRACKER",
+        help="also log to this Accelerate tracker (e.g. tensorboard); repeatable",
+    )
+    p.set_defaults(func=cmd_run)
+
+
+def request_from(args: argparse.Namespace) -> object:
+    """The :class:`RunRequest` the flags ask for."""
+    from benchkit.training.runner import RunRequest, processes_from
+
+    file, resume = args.file, args.resume
+    if not file and resume and resume.endswith(".py"):  # `run --resume train.py`
+        file, resume = resume, ""
+    return RunRequest(
+        file=file,
+        fn=args.fn,
+        name=args.name,
+        config=list(args.config or []),
+        resume=resume,
+        version=args.version,
+        store=args.store,
+        cpu=bool(args.cpu),
+        mixed_precision=args.mixed_precision,
+        log_with=list(args.log_with or []),
+        processes=processes_from(args.processes),
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchkit.training import runner
+
+    spec_json = os.environ.get(runner.SPEC_ENV)
+    if spec_json:  # a torchrun worker: the launcher resolved everything
+        return runner.run_worker(spec_json)
+    return runner.run(request_from(args))

@@ -1,0 +1,71 @@
+"""What a person reads: the rich consoles and the one progress-bar builder.
+
+Library code (data, training, code) prints user-facing notices through :data:`err_console`
+and builds every progress bar with :func:`make_progress`; the command line (``benchkit.cli``)
+re-exports both consoles. Diagnostics go through ``logging``, not here.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+#: Results and tables (stdout).
+console = Console()
+#: Notices, progress and errors (stderr), so stdout stays clean for ``--json``.
+err_console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (seconds per item when slower than one a second)."""
+
+    def __init__(self, unit: str = "it") -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text(f"- {self.unit}/s", style="progress.data.speed")
+        text = f"{speed:,.1f} {self.unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{self.unit}"
+        return Text(text, style="progress.data.speed")
+
+
+def make_progress(
+    verb: str = "",
+    *,
+    unit: str = "it",
+    info: bool = False,
+    to: Console | None = None,
+    transient: bool = False,
+) -> Progress:
+    """A progress bar in BenchKit's one style: ``<verb> <description>``, bar, count, rate,
+    elapsed, ETA.
+
+    ``unit="bytes"`` counts bytes (sizes and transfer speed); any other unit counts items
+    with that name in the rate. ``info`` adds a text column fed by the task field ``info``
+    (``bar.update(task, info="loss=0.3")``). Output goes to ``to`` (default: stderr). Not
+    started: use it as a context manager, or call ``start()``/``stop()``.
+    """
+    label = f"[bold]{verb}[/bold] {{task.description}}" if verb else "[bold]{task.description}"
+    columns: list[ProgressColumn] = [TextColumn(label), BarColumn()]
+    if unit == "bytes":
+        columns += [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        columns += [MofNCompleteColumn(), RateColumn(unit)]
+    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    if info:
+        columns.append(TextColumn("{task.fields[info]}"))
+    return Progress(*columns, console=to or err_console, transient=transient)

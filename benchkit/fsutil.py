@@ -1,0 +1,112 @@
+"""Local filesystem helpers shared by every layer: atomic writes, durable renames, one file
+hash, one exclusive lock.
+
+This module sits at the bottom of BenchKit (with ``errors``, ``units`` and ``settings``) and
+imports nothing from BenchKit but ``errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from filelock import FileLock, Timeout
+
+from benchkit.errors import LockTimeout
+
+#: Block size for hashing files.
+HASH_BLOCK = 8 * 1024 * 1024
+
+
+class atomic_file:
+    """Context manager writing a file atomically: temp file in the same directory, fsync, rename.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: int = 0o644) -> None:
+        self.path = Path(path)
+        self.mode = mode
+        self._tmp: str | None = None
+        self._f: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        for attempt in range(3):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, self._tmp = tempfile.mkstemp(
+                    prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+                )
+                break
+            except FileNotFoundError:
+                # a concurrent delete pruned the (then empty) directory: make it again
+                if attempt == 2:
+                    raise
+        os.fchmod(fd, self.mode)
+        self._f = os.fdopen(fd, "wb")
+        return self._f
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._f is not None and self._tmp is not None
+        try:
+            if exc_type is None:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            self._f.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+                fsync_dir(self.path.parent)
+        finally:
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in blocks (memory stays bounded whatever its size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: str | os.PathLike[str], timeout: float | None = None, what: str = ""
+) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created with its directory if missing)
+    across processes and threads. ``timeout`` seconds (None: wait forever) then
+    :class:`LockTimeout`, whose message names ``what`` the lock protects and the lock file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=-1 if timeout is None else timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockTimeout(
+            f"{what or 'a BenchKit lock'} is held by another process (lock file {path}); "
+            "wait for it to finish, or remove the lock file if no BenchKit process is running"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
