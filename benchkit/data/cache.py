@@ -220,8 +220,8 @@ class ChunkCache:
                     raise CorruptChunk(
                         f"corrupt chunk {label}: the store holds {n} bytes with sha256 "
                         f"{digest.hexdigest()[:16]}..., the index says {size} bytes and "
-                        f"{sha256[:16]}.... Re-run `python -m benchkit migrate data --upload` "
-                        "for this dataset"
+                        f"{sha256[:16]}.... Check and repair the stored dataset with "
+                        f"`python -m benchkit datasets verify {key.split('/')[1]} --repair`"
                     )
                 # renames happen under the eviction lock, so its directory scan never misses
                 # a chunk that is changing name

@@ -578,8 +578,8 @@ class ChunkReader:
 
     def _corrupt(self, what: str) -> CorruptChunk:
         return CorruptChunk(
-            f"corrupt chunk {self.label}: {what}. Delete the cached copy or re-run "
-            "`python -m benchkit migrate data` for this dataset"
+            f"corrupt chunk {self.label}: {what}. Check and repair the dataset with "
+            "`python -m benchkit datasets verify <dataset> --repair` (a cached copy: delete it)"
         )
 
     def __len__(self) -> int:

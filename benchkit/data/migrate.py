@@ -5,28 +5,40 @@ on stores: chunking writes ``datasets/<name>/`` there, testing streams it back f
 ``LocalStore(staging)``, uploading copies it to the configured store.
 
 Upload order keeps readers safe and makes an interrupted upload resume: chunk files first (in
-parallel; those already in the store with the same size and checksum are skipped, and chunk
-names carry their checksum), then ``index.json``, then the removal of chunks the new index no
-longer lists. Until ``index.json`` lands, readers see the previous version or nothing.
+parallel), then ``index.json``, then the removal of chunks the new index no longer lists, then
+a sweep of what interrupted uploads of this dataset left behind (hidden temporary files and
+parts). Until ``index.json`` lands, readers see the previous version or nothing.
+
+What an upload skips: a chunk already in the store under its name (names carry the chunk's
+checksum) *with the right size*; every chunk is stat'ed, so a missing or truncated one is sent
+again even when the stored index lists it. With ``verify=True`` the stored chunks' checksums
+are compared too (a full read of the stored dataset), so a damaged chunk of the right size is
+replaced; ``benchkit datasets verify NAME --repair`` does the same check on its own.
+
+The staged ``index.json`` records a *fingerprint* of the declaration (a hash of every sample's
+encoded fields, file names and sizes: no file contents) and the module that declared it, so
+``run`` can tell cheaply whether the stored dataset still matches the declaration.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchkit.data.format import ChunkReader, check_schema
+from benchkit.data.format import ChunkReader, check_schema, encode_parts
 from benchkit.data.index import INDEX_FILE, DatasetIndex, dataset_prefix, load_index
-from benchkit.data.writer import ChunkStats, chunk_dataset, staging_root
+from benchkit.data.verify import object_sha256
+from benchkit.data.writer import ChunkStats, chunk_samples, staging_root
 from benchkit.errors import BenchKitError, DataError, DatasetNotFound, ObjectNotFound
+from benchkit.fsutil import exclusive_lock
 from benchkit.store import LocalStore, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -34,10 +46,13 @@ log = logging.getLogger(__name__)
 __all__ = [
     "TestReport",
     "UploadReport",
-    "chunk",
-    "ensure_migrated",
-    "staging_store",
     "check_dataset",
+    "chunk",
+    "clean_staging",
+    "declaration_fingerprint",
+    "ensure_migrated",
+    "migration_lock",
+    "staging_store",
     "upload_dataset",
 ]
 
@@ -58,9 +73,66 @@ def chunk(
     progress: bool = False,
     project_root: str | os.PathLike[str] | None = None,
 ) -> ChunkStats:
-    """Chunk a declared dataset into its project's staging area."""
-    root = staging_root(project_root if project_root is not None else decl.project_root)
-    return chunk_dataset(decl, root, workers=workers, progress=progress)
+    """Chunk a declared dataset into its project's staging area; its index records the
+    declaration's fingerprint and the module that declared it."""
+    root_dir = Path(project_root) if project_root is not None else decl.project_root
+    extra: dict[str, Any] = {}
+    if decl.module_file:
+        module = Path(decl.module_file).resolve()
+        try:
+            extra["declared_in"] = module.relative_to(root_dir.resolve()).as_posix()
+        except ValueError:
+            extra["declared_in"] = str(module)
+    return chunk_samples(
+        # a declaration that fails raises from the first next(), which chunking names
+        _fingerprinted(decl.samples, extra),
+        decl.name,
+        staging_root(root_dir),
+        chunk_bytes=decl.chunk_bytes,
+        workers=workers,
+        total=_size_hint(decl),
+        progress=progress,
+        # filled in when the samples run out, before the index is written
+        extra=extra,
+    )
+
+
+def _size_hint(decl: Any) -> int | None:
+    """The sample count for the progress bar, None when unknown. A declaration that fails
+    here gives None: the same call fails again, named, when chunking asks for the samples."""
+    try:
+        return decl.size_hint()
+    except Exception:  # noqa: BLE001 - re-raised by decl.samples() right after
+        return None
+
+
+def _fingerprinted(samples: Callable[[], Iterable[Any]], into: dict[str, Any]) -> Iterator[Any]:
+    """The samples ``samples()`` gives, unchanged; once they run out, ``into["fingerprint"]``
+    holds their hash: the encoded fields and the files' names and sizes, not the files' bytes
+    (cheap: no file is read). A bad sample raises the encoder's error naming it."""
+    digest = hashlib.sha256()
+    n = 0
+    for sample in samples():
+        parts, _ = encode_parts(sample, n)
+        for part in parts:
+            if type(part) is bytes:
+                digest.update(part)
+        n += 1
+        yield sample
+    into["fingerprint"] = f"{n}:{digest.hexdigest()}"
+
+
+def declaration_fingerprint(decl: Any) -> str:
+    """The fingerprint of what ``decl`` declares now (iterates its samples, reads no file)."""
+    into: dict[str, Any] = {}
+    try:
+        for _ in _fingerprinted(decl.samples, into):
+            pass
+    except BenchKitError as e:
+        raise DataError(f"dataset '{decl.name}': {e}") from e
+    except Exception as e:
+        raise DataError(f"dataset '{decl.name}': {type(e).__name__}: {e}") from e
+    return into["fingerprint"]
 
 
 # --- testing -------------------------------------------------------------------------------------
@@ -197,26 +269,34 @@ class UploadReport:
     removed: int
     index_written: bool
     seconds: float
+    #: chunks the stored index listed that were sent again, with what was wrong with them
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    #: leftovers of interrupted uploads removed (hidden temporary files, orphaned parts)
+    swept: int = 0
+    verified: bool = False
 
 
-def _already_there(
-    store: Store, key: str, info: Any, existing: set[str], remote: dict[str, Any]
-) -> bool:
+def _upload_reason(
+    store: Store, key: str, info: Any, existing: set[str], remote: dict[str, Any], verify: bool
+) -> str | None:
+    """Why chunk ``info`` must be sent, or None when the store holds it intact.
+
+    A chunk is always stat'ed; its checksum is compared with ``verify``, and for small chunks
+    the stored index does not list (the remains of an interrupted upload)."""
     if key not in existing:
-        return False
-    known = remote.get(info.file)
-    if known is not None and known.bytes == info.bytes and known.sha256 == info.sha256:
-        return True
+        return "missing"
     try:
-        if store.stat(key).size != info.bytes:
-            return False
+        size = store.stat(key).size
     except ObjectNotFound:
-        return False
-    # chunk names hold their checksum, so an equal name and size is the same chunk; small ones
-    # are cheap to compare outright
-    if info.bytes <= HASH_CHECK_MAX:
-        return hashlib.sha256(store.get(key)).hexdigest() == info.sha256
-    return True
+        return "missing"
+    if size != info.bytes:
+        return f"wrong size ({size} bytes, expected {info.bytes})"
+    unknown = info.file not in remote
+    if verify or (unknown and info.bytes <= HASH_CHECK_MAX):
+        digest, _ = object_sha256(store, key)
+        if digest != info.sha256:
+            return "checksum mismatch"
+    return None
 
 
 def upload_dataset(
@@ -226,8 +306,10 @@ def upload_dataset(
     *,
     threads: int = UPLOAD_THREADS,
     progress: bool = False,
+    verify: bool = False,
 ) -> UploadReport:
-    """Copy dataset ``name`` from ``staging`` to ``store``: missing chunks, then ``index.json``."""
+    """Copy dataset ``name`` from ``staging`` to ``store``: missing, wrong-sized (and with
+    ``verify`` damaged) chunks, then ``index.json``, then stale chunks out and leftovers swept."""
     store = open_store(store)
     started = time.monotonic()
     try:
@@ -247,12 +329,26 @@ def upload_dataset(
         remote_index = None
     remote = {c.file: c for c in remote_index.chunks} if remote_index else {}
     existing = set(store.list(prefix))
-    todo = [
-        c for c in local.chunks if not _already_there(store, prefix + c.file, c, existing, remote)
+    with ThreadPoolExecutor(max(1, min(threads, len(local.chunks) or 1))) as pool:
+        reasons = list(
+            pool.map(
+                lambda c: _upload_reason(store, prefix + c.file, c, existing, remote, verify),
+                local.chunks,
+            )
+        )
+    todo = [c for c, why in zip(local.chunks, reasons, strict=True) if why is not None]
+    damaged = [
+        (c.file, why)
+        for c, why in zip(local.chunks, reasons, strict=True)
+        if why and c.file in remote
     ]
+    for file, why in damaged:
+        log.warning(
+            "dataset '%s': chunk %s in %s is %s; sending it again", name, file, store.url, why
+        )
     skipped = len(local.chunks) - len(todo)
     total = sum(c.bytes for c in todo)
-    bar = _upload_progress(name, total, progress and bool(todo))
+    bar = _progress("uploading", name, total, progress and bool(todo))
     done_bytes = 0
     try:
         if todo:
@@ -289,6 +385,7 @@ def upload_dataset(
         and [(c.file, c.sha256) for c in remote_index.chunks]
         == [(c.file, c.sha256) for c in local.chunks]
         and remote_index.schema == local.schema
+        and remote_index.extra == local.extra
     )
     if not same_index or todo:
         # last: from this moment readers see the new version
@@ -298,6 +395,7 @@ def upload_dataset(
     for key in sorted(existing - keep):
         store.delete(key)
         removed += 1
+    swept = store.sweep_leftovers(prefix)
     return UploadReport(
         name,
         store.url,
@@ -307,15 +405,28 @@ def upload_dataset(
         removed,
         not same_index or bool(todo),
         time.monotonic() - started,
+        damaged,
+        swept,
+        verify,
     )
 
 
-def _upload_progress(name: str, total: int, enabled: bool) -> Any:
+def clean_staging(name: str, project_root: str | os.PathLike[str]) -> Path | None:
+    """Drop the staged copy of dataset ``name``; returns its folder, or None if there was none."""
+    folder = staging_root(project_root) / dataset_prefix(name).rstrip("/")
+    if not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return folder
+
+
+def _progress(verb: str, name: str, total: int, enabled: bool) -> Any:
+    """A started rich progress bar over ``total`` bytes on stderr, or None."""
     if not enabled:
         return None
     from benchkit.console import make_progress
 
-    bar = make_progress("uploading", unit="bytes")
+    bar = make_progress(verb, unit="bytes")
     bar.add_task(name, total=total)
     bar.start()
     return bar
@@ -337,7 +448,7 @@ def ensure_migrated(
     if _in_store(store, decl.name):
         return False
     root = Path(project_root) if project_root is not None else decl.project_root
-    with _migration_lock(staging_root(root), decl.name):
+    with migration_lock(staging_root(root), decl.name):
         if _in_store(store, decl.name):
             return False
         from benchkit.console import err_console as console
@@ -362,19 +473,7 @@ def _in_store(store: Store, name: str) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _migration_lock(staging: Path, name: str) -> Iterator[None]:
-    """An exclusive lock per dataset and staging area (a no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    lock_dir = staging / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{name}.lock", "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def migration_lock(staging: Path, name: str) -> Any:
+    """The exclusive lock per dataset and staging area that chunking and uploading a dataset
+    hold (so the ranks of a torchrun job, or two terminals, migrate it once)."""
+    return exclusive_lock(staging / ".locks" / f"{name}.lock", what=f"migrating dataset '{name}'")

@@ -294,8 +294,8 @@ class IterableChunk(IterableDataset):
                 path = self.store.local_path(self._key(c))
             except ObjectNotFound as e:
                 raise CorruptChunk(
-                    f"chunk {self._label(c)} is missing; re-run `python -m benchkit migrate data` "
-                    "for this dataset"
+                    f"chunk {self._label(c)} is missing; repair the dataset with "
+                    f"`python -m benchkit datasets verify {self.name} --repair`"
                 ) from e
             assert path is not None
             self._get_marks().open_verified(path, info.sha256, self._label(c)).close()
@@ -304,8 +304,8 @@ class IterableChunk(IterableDataset):
             return self._get_cache().fetch(self._key(c), info.sha256, info.bytes, self._label(c))
         except ObjectNotFound as e:
             raise CorruptChunk(
-                f"chunk {self._label(c)} is missing from the store; re-run "
-                "`python -m benchkit migrate data --upload` for this dataset"
+                f"chunk {self._label(c)} is missing from the store; repair the dataset with "
+                f"`python -m benchkit datasets verify {self.name} --repair`"
             ) from e
         except StoreError as e:
             raise DataError(f"cannot download chunk {self._label(c)}: {e}") from e
@@ -323,7 +323,8 @@ class IterableChunk(IterableDataset):
                 path = self.store.local_path(self._key(c))
             except ObjectNotFound as e:
                 raise CorruptChunk(
-                    f"chunk {label} is missing; re-run `python -m benchkit migrate data` for this dataset"
+                    f"chunk {label} is missing; repair the dataset with "
+                    f"`python -m benchkit datasets verify {self.name} --repair`"
                 ) from e
             return self._get_marks().open_verified(path, info.sha256, label)
         from benchkit.data.cache import pin, unpin

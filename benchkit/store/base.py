@@ -172,6 +172,14 @@ class Store(ABC):
             self.delete(key)
         return len(keys)
 
+    def sweep_leftovers(self, prefix: str) -> int:
+        """Remove what interrupted writes left under ``prefix``: hidden temporary files and
+        parts no object refers to. Returns how many were removed (0 where a backend leaves
+        nothing behind). Safe while nobody else writes under ``prefix``: a write still in
+        progress there may fail (it never leaves a damaged object)."""
+        check_prefix(prefix)
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or threads the backend holds."""
 

@@ -8,6 +8,7 @@ memory whole. Plain files beat tensorstore's ``file`` driver here by about 10x o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -154,6 +155,33 @@ class LocalStore(Store):
             shutil.rmtree(self.root / prefix.rstrip("/"), ignore_errors=True)
             self._prune((self.root / prefix.rstrip("/")).parent)
         return n
+
+    def sweep_leftovers(self, prefix: str) -> int:
+        """Remove hidden files and directories under ``prefix`` (temporary files of killed
+        writers: ``atomic_file`` names them ``.<name>.<random>.tmp``)."""
+        check_prefix(prefix)
+        head, _, tail = prefix.rpartition("/")
+        top = self.root / head if head else self.root
+        if not top.is_dir():
+            return 0
+        removed = 0
+        for dirpath, dirnames, filenames in os.walk(top):
+            # in the prefix's own folder only names continuing the prefix are under it
+            inside = (lambda n: n.lstrip(".").startswith(tail)) if dirpath == str(top) else None
+            for name in filenames + dirnames:
+                if not name.startswith(".") or (inside and not inside(name)):
+                    continue
+                path = os.path.join(dirpath, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):  # its writer finished meanwhile
+                        os.unlink(path)
+                removed += 1
+            dirnames[:] = [
+                d for d in dirnames if not d.startswith(".") and (not inside or inside(d))
+            ]
+        return removed
 
     def _prune(self, directory: Path) -> None:
         """Remove empty directories up to the root, so listings stay clean."""

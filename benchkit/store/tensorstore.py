@@ -14,7 +14,8 @@ written as parts at hidden sibling keys, then a small *manifest* at the key itse
 The manifest is written last, so the object appears atomically: a put killed half way leaves
 only hidden parts (never listed) and the old object, if any, untouched. Replacing an object
 deletes the old upload's parts after the new manifest is in place; ``delete`` and
-``delete_prefix`` remove the parts too, including leftovers of killed puts. A small object
+``delete_prefix`` remove the parts too, including leftovers of killed puts, and
+``sweep_leftovers`` removes the leftovers of killed puts of objects that are kept. A small object
 whose bytes happen to begin with the manifest magic is stored as a one-part object, so raw
 bytes are never misread as a manifest.
 
@@ -648,6 +649,31 @@ class TensorStoreStore(Store):
         self._wait(kv.write(key, None), key, "delete")
         self._wait(kv.delete_range(_prefix_range(_parts_dir(key))), key, "delete parts of")
         return True
+
+    def sweep_leftovers(self, prefix: str) -> int:
+        """Delete the parts of uploads that never got their manifest (killed ``put``s) for
+        objects under ``prefix``; parts the current manifest of an object names are kept."""
+        check_prefix(prefix)
+        kv = self._store()
+        head = prefix.rpartition("/")[0]
+        folder = f"{head}/" if head else ""
+        fut = kv.list(_prefix_range(folder)) if folder else kv.list()
+        uploads: dict[str, set[str]] = {}  # object key -> its parts' upload folders
+        for raw in self._wait(fut, folder or None, "list"):
+            segs = raw.decode().split("/")
+            for i, seg in enumerate(segs[:-2]):
+                if seg.startswith(".") and seg.endswith(".parts") and len(seg) > 7:
+                    key = "/".join([*segs[:i], seg[1:-6]])
+                    if key.startswith(prefix):
+                        uploads.setdefault(key, set()).add("/".join(segs[: i + 2]) + "/")
+                    break
+        removed = 0
+        for key, found in sorted(uploads.items()):
+            keep = self._old_upload(key)
+            for upload in sorted(found - {keep}):
+                self._wait(kv.delete_range(_prefix_range(upload)), key, "delete leftover parts of")
+                removed += 1
+        return removed
 
     def delete_prefix(self, prefix: str) -> int:
         if not prefix:

@@ -227,7 +227,9 @@ def test_replacing_a_changed_dataset_in_the_store_needs_yes(project, capsys):
     before = load_index(store, "val")
     (project / "files" / "000.bin").write_bytes(b"new content" * 10)
     rc, out, err = run(capsys, "migrate", "data", "val", "--chunk", "--upload", "--workers", "1")
-    assert rc == 0 and "skipped uploading 'val'" in flat(out) and "--yes" in flat(err)
+    # no terminal to ask on and no --yes: nothing replaced, and the exit status says so
+    assert rc == 1 and "uploaded" not in flat(out)
+    assert "not uploaded: 'val'" in flat(err) and "Pass --yes" in flat(err)
     assert load_index(store, "val").chunks == before.chunks
     rc, out, err = run(capsys, "migrate", "data", "val", "--upload", "--yes")
     assert rc == 0 and "uploaded 'val'" in flat(out)

@@ -261,13 +261,8 @@ KILLED_PUT = textwrap.dedent(
 )
 
 
-@pytest.mark.timeout(120)
-def test_put_killed_half_way_leaves_no_visible_object(store, store_url, tmp_path, hidden_bytes):
-    if store_url.startswith("memory://"):
-        pytest.skip(
-            "memory:// lives inside one process: killing the writer takes the store with it"
-        )
-    store.put("big/old.bin", b"previous object")
+def _kill_a_put_half_way(store_url, tmp_path, hidden_bytes, store) -> None:
+    """Start a put of big/new.bin in another process, SIGKILL it once it wrote a part."""
     fifo = tmp_path / "source.fifo"
     os.mkfifo(fifo)
     proc = subprocess.Popen(
@@ -301,6 +296,16 @@ def test_put_killed_half_way_leaves_no_visible_object(store, store_url, tmp_path
     out = proc.stdout.read() if proc.stdout else b""
     assert b"FINISHED" not in out
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(120)
+def test_put_killed_half_way_leaves_no_visible_object(store, store_url, tmp_path, hidden_bytes):
+    if store_url.startswith("memory://"):
+        pytest.skip(
+            "memory:// lives inside one process: killing the writer takes the store with it"
+        )
+    store.put("big/old.bin", b"previous object")
+    _kill_a_put_half_way(store_url, tmp_path, hidden_bytes, store)
     # half an upload exists, under hidden names, and is invisible
     assert hidden_bytes(store) >= PART
     assert not store.exists("big/new.bin")
@@ -312,6 +317,40 @@ def test_put_killed_half_way_leaves_no_visible_object(store, store_url, tmp_path
     # deleting the prefix also clears what the killed writer left
     assert store.delete_prefix("big/") == 1
     assert hidden_bytes(store) == 0
+
+
+@pytest.mark.timeout(120)
+def test_sweep_removes_what_a_killed_put_left_and_keeps_live_objects(
+    store, store_url, tmp_path, hidden_bytes
+):
+    if store_url.startswith("memory://"):
+        pytest.skip(
+            "memory:// lives inside one process: killing the writer takes the store with it"
+        )
+    live = os.urandom(3 * MiB + 5)  # parts on tensorstore backends
+    store.put("big/live.bin", live)
+    store.put("other/keep.bin", os.urandom(2 * MiB))
+    kept = hidden_bytes(store)
+    _kill_a_put_half_way(store_url, tmp_path, hidden_bytes, store)
+    assert hidden_bytes(store) >= kept + PART
+    # a later successful put of the same key leaves the killed one's parts behind...
+    store.put("big/new.bin", os.urandom(2 * MiB + 1))
+    assert store.sweep_leftovers("big/") >= 1
+    assert store.sweep_leftovers("big/") == 0
+    # ...the sweep leaves exactly the parts live objects name, and only looked under big/
+    assert store.get("big/live.bin") == live and store.stat("big/new.bin").size == 2 * MiB + 1
+    expected = kept + (2 * MiB + 1 if isinstance(store, TensorStoreStore) else 0)
+    assert hidden_bytes(store) == expected
+    assert store.list() == ["big/live.bin", "big/new.bin", "other/keep.bin"]
+
+
+def test_sweep_of_a_clean_prefix_removes_nothing(store, hidden_bytes):
+    store.put("c/a.bin", os.urandom(3 * MiB))
+    store.put("c/b.bin", b"small")
+    before = hidden_bytes(store)
+    assert store.sweep_leftovers("c/") == 0
+    assert store.sweep_leftovers("nothing/") == 0
+    assert hidden_bytes(store) == before and store.get("c/b.bin") == b"small"
 
 
 # --- large objects with bounded memory ---------------------------------------------------------

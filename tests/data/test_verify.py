@@ -1,0 +1,265 @@
+"""A damaged dataset in the store is found and repaired as the errors say: ``datasets verify
+[--repair]``, uploads that stat every chunk (and check checksums with ``--verify``), no
+leftovers of killed uploads, and ``migrate data --clean``. Faults are injected for real:
+bytes flipped, files truncated or deleted in the store, a ``migrate data`` process killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from benchkit.cli.main import main
+from benchkit.data.index import load_index
+from benchkit.data.stream import open_dataset
+from benchkit.errors import CorruptChunk
+from benchkit.store import LocalStore
+
+TRAIN_PY = """
+from pathlib import Path
+import benchkit as bench
+
+HERE = Path(__file__).resolve().parent
+
+@bench.dataset("train", chunk_bytes="4KB")
+def train_samples():
+    for p in sorted((HERE / "files").glob("*.bin")):
+        yield bench.File(p), int(p.stem)
+"""
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project whose dataset 'train' (6+ chunks) is migrated into ./store."""
+    root = tmp_path / "proj"
+    (root / "files").mkdir(parents=True)
+    for i in range(16):
+        (root / "files" / f"{i:03d}.bin").write_bytes(os.urandom(1500 + 37 * i))
+    (root / "train.py").write_text(textwrap.dedent(TRAIN_PY))
+    (root / "benchkit.toml").write_text('[project]\nname = "proj"\nstore = "store"\n')
+    monkeypatch.chdir(root)
+    code = main(["migrate", "data", "--chunk", "--upload", "--workers", "1"])
+    assert code == 0
+    return root
+
+
+def chunk_paths(root: Path) -> list[Path]:
+    store = LocalStore(root / "store")
+    return [root / "store/datasets/train" / c.file for c in load_index(store, "train").chunks]
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def read_all(root: Path) -> int:
+    return sum(1 for _ in open_dataset("train", store=str(root / "store"), shuffle=False))
+
+
+# --- upload notices what it must not skip ------------------------------------------------------
+
+
+def test_upload_sends_a_missing_or_truncated_chunk_again_although_the_index_lists_it(
+    project, capsys
+):
+    first, second = chunk_paths(project)[:2]
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:-10])
+    code, out, _ = run(capsys, "migrate", "data", "--upload")
+    assert code == 0
+    out = flat(out)
+    assert "2 chunks" in out and "uploaded" in out and "unchanged" not in out
+    assert f"chunk {first.name}: the store's copy was missing" in out
+    assert f"chunk {second.name}: the store's copy was wrong size" in out
+    assert read_all(project) == 16
+
+
+def test_a_flipped_byte_is_found_by_upload_verify_and_not_by_a_plain_upload(project, capsys):
+    victim = chunk_paths(project)[3]
+    flip_a_byte(victim)
+    code, out, _ = run(capsys, "migrate", "data", "--upload")
+    assert code == 0 and "unchanged, nothing uploaded" in flat(out) and "sizes checked" in out
+    code, out, _ = run(capsys, "migrate", "data", "--upload", "--verify")
+    assert code == 0
+    assert f"chunk {victim.name}: the store's copy was checksum mismatch" in flat(out)
+    assert "checksums verified" in flat(out)
+    assert read_all(project) == 16
+
+
+# --- the read error names the command, and the command repairs ---------------------------------
+
+
+def test_a_corrupt_chunk_is_repaired_as_the_read_error_says(project, capsys):
+    victim = chunk_paths(project)[2]
+    flip_a_byte(victim)
+    with pytest.raises(CorruptChunk) as info:
+        read_all(project)
+    message = str(info.value)
+    assert victim.name in message and "benchkit datasets verify" in message
+    command = message.split("`python -m benchkit ")[1].split("`")[0].split()
+    command = [("train" if a == "<dataset>" else a) for a in command]
+    assert command == ["datasets", "verify", "train", "--repair"]
+    code, out, err = run(capsys, *command)
+    assert code == 0, out + err
+    assert "re-uploaded" in flat(out) and "repaired 'train': 1 chunks re-uploaded" in flat(out)
+    assert read_all(project) == 16
+
+
+def test_verify_tells_missing_wrong_size_and_mismatch_apart_then_repairs(project, capsys):
+    paths = chunk_paths(project)
+    paths[0].unlink()
+    paths[1].write_bytes(paths[1].read_bytes()[:100])
+    flip_a_byte(paths[2])
+    code, out, _ = run(capsys, "datasets", "verify", "train", "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False and report["chunks"] == len(paths)
+    assert {p["file"]: p["problem"] for p in report["problems"]} == {
+        paths[0].name: "missing",
+        paths[1].name: "wrong size",
+        paths[2].name: "checksum mismatch",
+    }
+    code, out, _ = run(capsys, "datasets", "verify", "train")
+    assert code == 1 and "Bad chunks of dataset 'train'" in out
+    code, out, _ = run(capsys, "datasets", "verify", "train", "--repair", "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out, _ = run(capsys, "datasets", "verify", "train")
+    assert code == 0 and "every checksum matches" in flat(out)
+    assert read_all(project) == 16
+
+
+def test_without_a_staged_copy_repair_says_how_to_rebuild_and_that_command_works(project, capsys):
+    code, out, _ = run(capsys, "migrate", "data", "--upload", "--clean")
+    assert code == 0 and "staging copy" in flat(out) and "removed" in flat(out)
+    assert not (project / ".benchkit/staging/datasets/train").exists()
+    victim = chunk_paths(project)[1]
+    flip_a_byte(victim)
+    code, out, _ = run(capsys, "datasets", "verify", "train", "--repair", "--json")
+    assert code == 1
+    [problem] = json.loads(out)["problems"]
+    assert (problem["file"], problem["repaired"]) == (victim.name, False)
+    assert problem["note"] == "no staged copy"
+    code, out, err = run(capsys, "datasets", "verify", "train", "--repair")
+    assert code == 1 and "no staged copy" in out
+    rebuild = flat(err).split("in the project: `")[1].split("`")[0]
+    assert rebuild == "python -m benchkit migrate data train.py train --verify --yes"
+    code, out, err = run(capsys, *rebuild.split()[3:])
+    assert code == 0, out + err
+    code, out, _ = run(capsys, "datasets", "verify", "train")
+    assert code == 0
+    assert read_all(project) == 16
+
+
+# --- leftovers of interrupted uploads ----------------------------------------------------------
+
+
+def test_upload_sweeps_temporary_files_a_killed_local_upload_left(project, capsys):
+    folder = project / "store/datasets/train"
+    # what atomic_file leaves when its process is killed mid-copy
+    leftover = folder / f".{chunk_paths(project)[0].name}.k1ll3d.tmp"
+    leftover.write_bytes(os.urandom(3000))
+    code, out, _ = run(capsys, "migrate", "data", "--upload")
+    assert code == 0 and "1 leftovers of interrupted uploads removed" in flat(out)
+    assert not leftover.exists()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+BIG_PY = """
+from pathlib import Path
+import benchkit as bench
+
+@bench.dataset("big")
+def big():
+    yield bench.File(Path(__file__).resolve().parent / "blob.bin"), 0
+"""
+
+
+def _hidden_keys(s3, bucket: str) -> set[str]:
+    keys: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys |= {o["Key"] for o in page.get("Contents", []) if "/." in o["Key"]}
+    return keys
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_killed_migrate_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
+    tmp_path, moto_server, s3_bucket
+):
+    """`migrate data` SIGKILLed while it uploads a chunk bigger than a part leaves hidden parts
+    in the bucket; the next successful upload of the dataset removes them all."""
+    import boto3
+
+    from benchkit.store import open_store
+    from benchkit.store.tensorstore import MAGIC
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "train.py").write_text(textwrap.dedent(BIG_PY))
+    (root / "benchkit.toml").write_text('[project]\nname = "big"\n')
+    (root / "blob.bin").write_bytes(os.urandom(72 * 1024 * 1024))  # 3 parts of 32 MiB
+    url = f"s3://{s3_bucket}/p?endpoint={moto_server}&region=us-east-1"
+    env = {**os.environ, "BENCHKIT_STORE": url, "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "benchkit", "migrate", "data", "train.py"]
+    proc = subprocess.run(
+        [*cmd, "--chunk", "--workers", "1"], cwd=root, env=env, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    up = subprocess.Popen(
+        [*cmd, "--upload"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _hidden_keys(s3, s3_bucket):
+            assert up.poll() is None, up.communicate()
+            assert time.monotonic() < deadline, "the upload never wrote a part"
+            time.sleep(0.02)
+        up.send_signal(signal.SIGKILL)
+        up.wait()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == -signal.SIGKILL
+    killed = _hidden_keys(s3, s3_bucket)
+    assert killed, "the killed upload left parts"
+    store = open_store(url)
+    assert not store.exists("datasets/big/index.json")
+
+    proc = subprocess.run(
+        [*cmd, "--upload"], cwd=root, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "leftovers of interrupted uploads removed" in flat(proc.stdout)
+    [chunk] = load_index(store, "big").chunks
+    manifest = store._store().read(f"datasets/big/{chunk.file}").result().value
+    assert manifest.startswith(MAGIC)
+    named = {f"p/{part}" for part, _ in json.loads(manifest[len(MAGIC) :])["parts"]}
+    assert _hidden_keys(s3, s3_bucket) == named and not (killed & named)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchkit", "datasets", "verify", "big"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
