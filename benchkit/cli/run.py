@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="the run's name (default: the function's)")
     p.add_argument(
+        "--run-id", metavar="ID", help="the new run's id (default: a new one from the time and name)"
+    )
+    p.add_argument(
         "--resume",
         nargs="?",
         const="",
@@ -79,6 +82,7 @@ def request_from(args: argparse.Namespace) -> object:
         mixed_precision=args.mixed_precision,
         log_with=list(args.log_with or []),
         processes=processes_from(args.processes),
+        run_id=args.run_id,
     )
 
 

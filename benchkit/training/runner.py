@@ -192,6 +192,8 @@ class RunRequest:
     mixed_precision: str | None = None
     log_with: list[str] = field(default_factory=list)
     processes: int = 1
+    #: the new run's id (default: a fresh one from the time and the name)
+    run_id: str | None = None
 
 
 def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
@@ -268,7 +270,7 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         name = rec.name
     else:
         config = apply_overrides(getattr(fn, "config", {}), req.config)
-        run_id = runs.new_run_id(name)
+        run_id = given_run_id(store, name, req.run_id)
     spec = RunSpec(
         file=str(Path(file).resolve()),
         fn=req.fn,
@@ -284,6 +286,21 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         classic=classic,
     )
     return spec, module
+
+
+def given_run_id(store: Store, name: str, given: str | None) -> str:
+    """``given`` when it can name a new run (``--run-id``), else a fresh id."""
+    if not given:
+        return runs.new_run_id(name)
+    if runs.slug(given) != given:
+        raise ConfigError(f"--run-id {given!r}: use letters, digits, '-', '_' and '.' only")
+    # ranks started by an outer torchrun (multi-node) each resolve the same id: rank 0 may
+    # already have written the record
+    if "RANK" not in os.environ and store.exists(runs.run_key(given)):
+        raise ConfigError(
+            f"run {given} already exists in store {store.url}; continue it with --resume {given}"
+        )
+    return given
 
 
 def is_classic_script(module: ModuleType) -> bool:
