@@ -94,3 +94,10 @@ class CheckpointError(BenchKitError):
 
 class CodePackageError(BenchKitError):
     """Code could not be packaged, stored, pulled or verified."""
+
+
+# --- remote jobs -----------------------------------------------------------------------------
+
+
+class JobError(BenchKitError):
+    """A remote job could not be submitted, prepared, followed or stopped."""

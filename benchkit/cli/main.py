@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "benchkit.cli.train",
     "benchkit.cli.code",
     "benchkit.cli.data",
+    "benchkit.cli.remote",
 ]
 
 LOGO = r"""[bold cyan]

@@ -1,0 +1,179 @@
+"""Fixtures for the remote-execution tests: a real Ray head (once per session, everything on
+127.0.0.1), environment caches shared by the session, small code versions in a store."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from remotekit import TINY, free_ports, job_env, wait_for
+
+
+@pytest.fixture(scope="session")
+def env_cache(tmp_path_factory) -> Path:
+    """One environment cache for the session: jobs with the same requirements reuse it."""
+    return tmp_path_factory.mktemp("envs")
+
+
+# --- Ray ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RayHead:
+    address: str  # the dashboard (Jobs API)
+    gcs: str
+    token: str
+    temp_dir: Path
+    proc: subprocess.Popen
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def _ray_pids(temp_dir: Path, root_pid: int) -> set[int]:
+    import psutil
+
+    pids = set()
+    try:
+        root = psutil.Process(root_pid)
+        pids.update(c.pid for c in root.children(recursive=True))
+    except psutil.Error:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in (p.info["cmdline"] or [])):
+                pids.add(p.pid)
+        except psutil.Error:
+            continue
+    pids.discard(os.getpid())
+    return pids
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def _assert_loopback_only(pids: set[int]) -> None:
+    """No Ray process has a socket bound or connected to a non-loopback address."""
+    import psutil
+
+    bad = []
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for c in conns:
+            for addr in (c.laddr, c.raddr):
+                if addr and not _is_loopback(addr.ip):
+                    bad.append(f"pid {pid}: {addr.ip}:{addr.port} ({c.status})")
+    assert not bad, "Ray sockets off loopback:\n" + "\n".join(bad)
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> RayHead:
+    """A real Ray head for the session: 2 CPUs, 200 MB object store, a token, every one of its
+    nine ports free and on 127.0.0.1, its own short temp dir; stopped by its processes' ids."""
+    pytest.importorskip("ray")
+    import psutil
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="bkr", dir="/tmp"))
+    ports = free_ports(9)
+    token = secrets.token_hex(32)
+    env = {
+        **os.environ,
+        **job_env(),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_JOB_START_TIMEOUT_SECONDS": "120",
+        # without it Ray swaps 127.0.0.1 for the machine's eth0 address
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={ports[0]}", "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={ports[1]}",
+        f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
+        f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}",
+        f"--node-manager-port={ports[6]}", f"--object-manager-port={ports[7]}",
+        f"--ray-client-server-port={ports[8]}", "--num-cpus=2", "--num-gpus=0",
+        "--object-store-memory=200000000", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    log = open(temp_dir / "head.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    head = RayHead(f"http://127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[0]}", token, temp_dir, proc)
+    try:
+
+        def jobs_api_answers():
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}; see {temp_dir / 'head.log'}")
+            try:
+                r = requests.get(f"{head.address}/api/jobs/", headers=head.headers, timeout=5)
+            except requests.RequestException:
+                return False
+            return r.status_code == 200
+
+        wait_for(jobs_api_answers, 120, "the Ray Jobs API", interval=0.5)
+        assert requests.get(f"{head.address}/api/jobs/", timeout=5).status_code == 401
+        _assert_loopback_only(_ray_pids(temp_dir, proc.pid))
+        yield head
+    finally:
+        # every Ray process of this head, by pid: the --block process, its children, and any
+        # process naming the head's temp dir (gcs_server, raylet, workers). Never `ray stop`.
+        pids = _ray_pids(temp_dir, proc.pid) | {proc.pid}
+        procs = []
+        for pid in pids:
+            try:
+                q = psutil.Process(pid)
+                q.terminate()
+                procs.append(q)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for q in alive:
+            with contextlib.suppress(psutil.Error):
+                q.kill()
+        proc.wait(10)
+        for pid in _ray_pids(temp_dir, proc.pid):  # anything started meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+
+
+# --- code versions -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_version(tmp_path):
+    """``tiny_version(store, **files)`` stores the tiny training module as a code version."""
+    from benchkit.code import migrate_code
+
+    def make(store, requirements: str = "", source: str = TINY) -> int:
+        project = tmp_path / f"proj-{secrets.token_hex(3)}"
+        project.mkdir()
+        (project / "benchkit.toml").write_text('[project]\nname = "remote-tests"\n')
+        (project / "train.py").write_text(textwrap.dedent(source))
+        if requirements:
+            (project / "requirements.txt").write_text(requirements)
+        return migrate_code(project / "train.py", store).version
+
+    return make

@@ -1,0 +1,76 @@
+"""Helpers shared by the remote-execution tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (held open together so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.1):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def job_env() -> dict[str, str]:
+    """The environment jobs need to import this tree's BenchKit and stay on loopback."""
+    return {
+        "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT)),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+TINY = """
+import json, os, time
+import torch
+import benchkit as bench
+
+
+@bench.train(config={"epochs": 1, "steps": 4, "sleep": 0.0, "out": "", "fail": False})
+def tiny(run):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = run.prepare(model, opt)
+    g = torch.Generator().manual_seed(run.process_index)
+    for epoch in run.epochs():
+        for step in range(run.config.steps):
+            x = torch.randn(8, 2, generator=g)
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            run.backward(loss)
+            opt.step()
+            opt.zero_grad()
+            run.log({"loss": loss})
+            run.print(f"step {step} loss {loss.item():.4f}")
+            time.sleep(run.config.sleep)
+        run.save_checkpoint()
+    if run.config.fail:
+        raise RuntimeError("asked to fail")
+    weights = [p.detach().flatten().tolist() for p in run.unwrap_model(model).parameters()]
+    print(f"rank {run.process_index} of {run.num_processes} weights {json.dumps(weights)}", flush=True)
+"""
