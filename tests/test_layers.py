@@ -34,6 +34,8 @@ FORBIDDEN = {
     "data": {"training", "cli"},
     "code": {"training", "cli"},
     "training": {"cli"},
+    # remote execution: below the command line and the server, which drive it
+    "remote": {"cli", "server"},
 }
 
 

@@ -28,10 +28,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from benchkit._version import __version__
 from benchkit.errors import JobError
+from benchkit.fsutil import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def ensure_env(
     root.mkdir(parents=True, exist_ok=True)
     path = root / key
     python = _venv_python(path)
-    with FileLock(str(root / f"{key}.lock")):
+    with exclusive_lock(root / f"{key}.lock", what=f"the environment {path}"):
         if (path / COMPLETE).is_file():
             os.utime(path / COMPLETE)  # for least-recently-used pruning
             say(f"environment {key} reused ({len(install)} requirement(s))")
@@ -190,7 +189,7 @@ def prune_envs(root: str | os.PathLike[str], keep: int = 8, min_idle_s: float = 
     for path in built[keep:]:
         if time.time() - (path / COMPLETE).stat().st_mtime < min_idle_s:
             continue
-        with FileLock(str(root / f"{path.name}.lock")):
+        with exclusive_lock(root / f"{path.name}.lock", what=f"the environment {path}"):
             shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed

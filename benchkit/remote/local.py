@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit.errors import JobError
+from benchkit.fsutil import atomic_file
 from benchkit.remote.executor import (
     EngineState,
     Executor,
@@ -36,7 +37,6 @@ from benchkit.remote.executor import (
 )
 from benchkit.remote.procs import children_of, signal_group, start_time
 from benchkit.remote.spec import JobSpec, check_job_id
-from benchkit.store import atomic_file
 
 log = logging.getLogger(__name__)
 
