@@ -86,18 +86,20 @@ def _assert_loopback_only(pids: set[int]) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> RayHead:
+def ray_head(tmp_path_factory) -> RayHead:
     """A real Ray head for the session: 2 CPUs, 200 MB object store, a token, every one of its
     nine ports free and on 127.0.0.1, its own short temp dir; stopped by its processes' ids."""
     pytest.importorskip("ray")
     import psutil
 
     temp_dir = Path(tempfile.mkdtemp(prefix="bkr", dir="/tmp"))
+    home = tmp_path_factory.mktemp("ray-jobs-home")  # the jobs' BenchKit home, never the real one
     ports = free_ports(9)
     token = secrets.token_hex(32)
     env = {
         **os.environ,
         **job_env(),
+        "BENCHKIT_HOME": str(home),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
