@@ -25,7 +25,7 @@ _EXPORTS = {
     "ProcessorDataset": "benchkit.data.classic",
     "IterableChunk": "benchkit.data.stream",
     "open_dataset": "benchkit.data.stream",
-    "get_dataset": "benchkit.data.stream",
+    "get_dataset": "benchkit.data.loader",
     "StreamingDataLoader": "benchkit.data.loader",
     # training
     "train": "benchkit.training.declare",

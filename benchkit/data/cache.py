@@ -10,8 +10,8 @@ chunks are downloaded ahead of use into ``<cache dir>/chunks/<store hash>/<sha25
 - **Bounded.** Before a download, least-recently-used chunks are evicted until the new one fits
   under ``cache_limit`` (setting, default 20GB). A chunk that a reader has open holds a shared
   ``flock`` on it, and eviction skips it: a chunk in use is never evicted.
-- **Ahead of use.** :class:`Prefetcher` prepares the next chunks of the plan on a few threads,
-  a bounded number of chunks ahead of the reading position.
+- **Ahead of use.** :mod:`benchkit.data.prefetch` prepares the next chunks of the plan on a few
+  threads, a bounded number of chunks ahead of the reading position.
 
 Local-directory stores are read in place (memory-mapped), never copied. Their chunks are
 checked the first time they are opened; :class:`VerifiedMarks` remembers a good check per
@@ -21,7 +21,6 @@ same unchanged file again, while any write to it (new mtime, size or inode) forc
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -30,18 +29,18 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchkit.data.format import ChunkReader
 from benchkit.errors import CorruptChunk, DataError
 from benchkit.fsutil import fsync_dir
 from benchkit.store.base import Store
+from benchkit.units import parse_size
 
 __all__ = [
     "ChunkCache",
-    "Prefetcher",
     "VerifiedMarks",
     "cache_limit_bytes",
     "pin",
@@ -59,13 +58,11 @@ _STALE_DOWNLOAD_S = 3600
 
 def cache_limit_bytes(value: str | int | None = None) -> int:
     """The cache size limit in bytes: ``value``, else the ``cache_limit`` setting (``"20GB"``)."""
-    from benchkit.data.declare import parse_bytes
-
     if value is None:
         from benchkit.settings import load_settings
 
         value = load_settings().get("cache_limit") or "20GB"
-    return parse_bytes(value)
+    return parse_size(value)
 
 
 def _cache_base() -> Path:
@@ -377,8 +374,6 @@ class VerifiedMarks:
 
     def open_verified(self, path: Path, sha256: str, label: str) -> Any:
         """A :class:`~benchkit.data.format.ChunkReader` on ``path``, checked unless already known good."""
-        from benchkit.data.format import ChunkReader
-
         try:
             st = os.stat(path)
         except FileNotFoundError as e:
@@ -393,102 +388,3 @@ class VerifiedMarks:
             reader = ChunkReader(path, expected_sha256=sha256, label=label)
             self.mark(path, sha256, st)
             return reader
-
-
-class Prefetcher:
-    """Prepares chunks (download, or checksum) on background threads, ahead of the reader.
-
-    ``entries`` are ``(first, until, chunk)`` in plan order: the plan position where the chunk
-    is first needed and the one after which this reader no longer needs it. ``prepare(chunk)``
-    does the work and may return a hold on the chunk (say, a pinned file descriptor) that
-    ``release(result)`` drops once the reading position passes ``until``, so a prefetched chunk
-    cannot be evicted before it is read. At most ``depth`` chunks beyond the reading position
-    are prepared ahead.
-    """
-
-    def __init__(
-        self,
-        prepare: Callable[[int], Any],
-        entries: Sequence[tuple[int, int, int]],
-        *,
-        depth: int = 8,
-        threads: int = 4,
-        release: Callable[[Any], None] | None = None,
-        on_error: Callable[[int, BaseException], None] | None = None,
-    ) -> None:
-        self._prepare = prepare
-        self._release = release
-        self._entries = list(entries)
-        self._firsts = [e[0] for e in self._entries]
-        self._depth = max(1, depth)
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="benchkit-prefetch")
-        self._latest: dict[int, Future] = {}  # chunk -> its most recent preparation
-        self._held: list[tuple[int, Future]] = []  # (until, future) not yet released
-        self._next = 0
-        self._lock = threading.Lock()
-        self._on_error = on_error
-        self._closed = False
-        self.advance(0)
-
-    def advance(self, position: int, ahead: int = 0) -> None:
-        """The reader is at plan ``position`` (and may run ``ahead`` further): start what it will
-        need soon, release what it has passed."""
-        with self._lock:
-            if self._closed:
-                return
-            horizon = position + ahead
-            # entries are in plan order: those past the horizon that are already started
-            started = max(0, self._next - bisect.bisect_right(self._firsts, horizon))
-            while self._next < len(self._entries) and (
-                self._entries[self._next][0] <= horizon or started < self._depth
-            ):
-                first, until, chunk = self._entries[self._next]
-                fut = self._pool.submit(self._run, chunk)
-                self._latest[chunk] = fut
-                self._held.append((until, fut))
-                if first > horizon:
-                    started += 1
-                self._next += 1
-            keep = []
-            for until, fut in self._held:
-                if until <= position and fut.done():
-                    self._drop(fut)
-                else:
-                    keep.append((until, fut))
-            self._held = keep
-
-    def _drop(self, fut: Future) -> None:
-        if self._release is not None and not fut.cancelled() and fut.exception() is None:
-            self._release(fut.result())
-
-    def _run(self, chunk: int) -> Any:
-        try:
-            return self._prepare(chunk)
-        except BaseException as e:
-            if self._on_error is not None:
-                self._on_error(chunk, e)
-            raise
-
-    def get(self, chunk: int) -> Any:
-        """The result of preparing ``chunk`` (preparing it now if it was not started)."""
-        with self._lock:
-            fut = self._latest.get(chunk)
-            if fut is None and not self._closed:
-                fut = self._latest[chunk] = self._pool.submit(self._run, chunk)
-                self._held.append((1 << 62, fut))
-        if fut is None:
-            raise RuntimeError("prefetcher is closed")
-        return fut.result()
-
-    def close(self) -> None:
-        """Stop, wait for running work (no thread may hold a lock when the process next forks)
-        and release every hold."""
-        with self._lock:
-            self._closed = True
-            for _, fut in self._held:
-                fut.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            for _, fut in self._held:
-                self._drop(fut)
-            self._held = []

@@ -17,6 +17,7 @@ loader marks itself as prepared: ``prepare()`` returns it unchanged and register
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Iterator
@@ -25,10 +26,10 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from benchkit.data.plan import samples_per_rank
-from benchkit.data.stream import IterableChunk
+from benchkit.data.stream import IterableChunk, build_dataset
 from benchkit.errors import DataError
 
-__all__ = ["StreamingDataLoader"]
+__all__ = ["StreamingDataLoader", "get_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,24 @@ class StreamingDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         ds = self._ds
-        ds._block = self.batch_size or 1
+        step = self.batch_size or 1
+        ds.set_worker_block(step)
         index = ds.index  # read it before the workers start, so they inherit it
         _, world = ds.topology()
-        epoch, start = ds.epoch, ds._start
+        epoch, start = ds.epoch_state.epoch, ds.epoch_state.start
         per_rank = samples_per_rank(index.num_samples, start, world, ds.drop_last)
-        step = self.batch_size or 1
-        prefetcher = None
-        if self.num_workers > 0 and not ds._is_local():
-            ds._session = self._session  # workers wait for what this process downloads
+        remote = self.num_workers > 0 and not ds.chunks.local
+        if remote:
+            ds.serve_workers(self._session)  # workers wait for what this process downloads
         lookahead = (self.prefetch_factor or 2) * max(1, self.num_workers) * step * world
         self._active, self._delivered = (epoch, start), 0
+        prefetcher = None
         finished = False
         batches = super().__iter__()  # forks the workers (first pass) before any thread starts:
         # a fork while a prefetch thread holds a file lock would leave the lock held in the child
         try:
             if self.num_workers > 0 and index.chunks:
-                prefetcher = self._start_prefetch(ds, epoch, start)
+                prefetcher = ds.prefetcher(epoch, start, session=self._session if remote else None)
             for batch in batches:
                 self._delivered = min(per_rank, self._delivered + step)
                 if prefetcher is not None:
@@ -110,29 +112,16 @@ class StreamingDataLoader(DataLoader):
                 prefetcher.close()
             if finished:
                 self._active = None
-                ds._finish_pass(epoch, start)
-
-    def _start_prefetch(self, ds: IterableChunk, epoch: int, start: int) -> Any:
-        order = ds._order(epoch)
-        if ds._is_local():
-            return ds._make_prefetcher(order, start)
-        cache = ds._get_cache()
-        session = self._session
-
-        def record(chunk: int, error: BaseException) -> None:
-            # workers waiting for this chunk raise it instead of waiting forever
-            cache.record_error(ds.index.chunks[chunk].sha256, session, str(error))
-
-        return ds._make_prefetcher(order, start, on_error=record)
+                ds.finish_pass(epoch, start)
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's position after the batches this loader has delivered (every worker's)."""
         ds = self._ds
         if self._active is None:
-            return ds._state(ds.epoch, ds._start)
+            return ds.resume_state(ds.epoch_state.epoch, ds.epoch_state.start)
         epoch, start = self._active
         _, world = ds.topology()
-        return ds._state(epoch, min(ds.num_samples, start + self._delivered * world))
+        return ds.resume_state(epoch, start + self._delivered * world)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next pass yields exactly the batches that were left."""
@@ -140,3 +129,68 @@ class StreamingDataLoader(DataLoader):
             state = state["dataset"]  # a wrapped state
         self._ds.load_state_dict(state)
         self._active, self._delivered = None, 0
+
+
+_DATASET_OPTIONS = (
+    "shuffle",
+    "seed",
+    "rank",
+    "world_size",
+    "drop_last",
+    "transform",
+    "shuffle_window",
+    "cache_limit",
+    "store",
+)
+_LOADER_OPTIONS = (
+    "collate_fn",
+    "pin_memory",
+    "persistent_workers",
+    "prefetch_factor",
+    "multiprocessing_context",
+    "timeout",
+    "worker_init_fn",
+    "device",
+    "drop_last_batch",
+)
+
+
+def _accepts(cls: type, name: str) -> bool:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params and cls.__init__ is not IterableChunk.__init__
+
+
+def get_dataset(
+    chunk_class: type | None,
+    cloud: Any,
+    name: str,
+    batch_size: int,
+    num_workers: int,
+    *args: Any,
+    **kwargs: Any,
+) -> StreamingDataLoader:
+    """The original helper: a DataLoader over ``chunk_class(name, cloud, *args, **kwargs)``.
+
+    ``cloud``: True = the configured store, False = the local staging area, or a store URL.
+    Streaming options (``shuffle``, ``seed``, ``drop_last``, ``rank``, ``world_size``, ...)
+    and DataLoader options (``collate_fn``, ``pin_memory``, ``persistent_workers``, ...) may be
+    passed as keywords unless the class's constructor takes a parameter of that name. Returns a
+    :class:`~benchkit.data.loader.StreamingDataLoader` whose ``state_dict`` covers every worker.
+    """
+    cls = chunk_class or IterableChunk
+    ds_opts = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in _DATASET_OPTIONS and not _accepts(cls, k)
+    }
+    loader_opts = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in _LOADER_OPTIONS and not _accepts(cls, k)
+    }
+    ds = build_dataset(cls, name, cloud, *args, **kwargs)
+    if ds_opts:
+        ds.configure(**ds_opts)
+    drop_last_batch = loader_opts.pop("drop_last_batch", False)
+    return StreamingDataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last_batch, **loader_opts
+    )

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "GlobalOrder",
     "Shard",
+    "chunk_spans",
     "samples_per_rank",
 ]
 
@@ -137,6 +138,29 @@ class GlobalOrder:
             _, first = np.unique(cids, return_index=True)
             out.extend(int(cids[i]) for i in np.sort(first))
         return out
+
+
+def chunk_spans(
+    order: GlobalOrder, start: int, world_size: int, drop_last: bool
+) -> list[tuple[int, int, int]]:
+    """``(first needed, no longer needed, chunk)`` for every chunk ``G[start:]`` reads, in plan
+    order, plus the chunks of the padding samples at the end (positions past ``total``).
+
+    O(chunks): a window's chunks are all needed from the window's first sample to its last.
+    This is what a prefetcher walks: what to prepare next, and when to let go of it.
+    """
+    total = order.total
+    spans: list[tuple[int, int, int]] = []
+    if total == 0 or start >= total:
+        return spans
+    for w in range(int(order.window_of(start)), order.num_windows):
+        lo, hi = int(order.window_starts[w]), int(order.window_starts[w + 1])
+        spans.extend((max(start, lo), hi, int(c)) for c in order.window_chunks(w))
+    pad = 0 if drop_last else -(total - start) % world_size
+    if pad:
+        chunks, _ = order.lookup(np.arange(min(pad, total)))
+        spans.extend((total, total + world_size, int(c)) for c in dict.fromkeys(chunks.tolist()))
+    return spans
 
 
 def samples_per_rank(total: int, start: int, world_size: int, drop_last: bool) -> int:

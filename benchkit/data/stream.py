@@ -1,21 +1,28 @@
-"""Streaming a chunked dataset into PyTorch: :class:`IterableChunk`, :func:`open_dataset`, :func:`get_dataset`.
+"""Streaming a chunked dataset into PyTorch: :class:`IterableChunk` and :func:`open_dataset`.
 
 ::
 
     ds = bench.open_dataset("train", shuffle=True, seed=7)      # a torch IterableDataset
     loader = bench.get_dataset(CatDogChunk, True, "train", 32, 2, True)
 
-Which samples a rank and worker read, and in which order, is decided by :mod:`benchkit.data.plan`
-(a pure function of the index, seed, epoch and topology); local-directory stores are
-memory-mapped in place, remote stores go through :mod:`benchkit.data.cache`. The resume state
-is the number of samples of the epoch's global order already consumed (see docs/DATA.md).
+The dataset class is a thin layer over named parts, each in its own module:
+
+- :mod:`benchkit.data.epoch`: the :class:`~benchkit.data.epoch.EpochState` (epoch, start,
+  seed, shuffle, window), shared with DataLoader workers;
+- :mod:`benchkit.data.plan`: which samples a rank and worker read, in which order (pure);
+- :mod:`benchkit.data.source`: where chunks come from, chosen once (memory-mapped local
+  directory, or the cache over a remote store), opening verified chunks;
+- :mod:`benchkit.data.prefetch`: chunks prepared ahead of the reader.
+
+The resume state is the number of samples of the epoch's global order already consumed (see
+docs/DATA.md). :class:`~benchkit.data.loader.StreamingDataLoader` drives a pass through the
+public methods below (``set_worker_block``, ``serve_workers``, ``prefetcher``,
+``resume_state``, ``finish_pass``).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -25,19 +32,24 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from benchkit.data.index import DatasetIndex, check_dataset_name, dataset_prefix, load_index
-from benchkit.data.plan import DEFAULT_WINDOW, GlobalOrder, Shard, samples_per_rank
-from benchkit.errors import CorruptChunk, DataError, ObjectNotFound, StoreError
+from benchkit.data.epoch import EpochState
+from benchkit.data.index import DatasetIndex, check_dataset_name, load_index
+from benchkit.data.plan import DEFAULT_WINDOW, GlobalOrder, Shard, chunk_spans, samples_per_rank
+from benchkit.data.prefetch import Prefetcher
+from benchkit.data.source import ChunkSource, Window, fork_error, open_source
+from benchkit.data.writer import staging_root
+from benchkit.errors import DataError
+from benchkit.settings import find_project_file
 from benchkit.store import Store, open_store
 
-__all__ = ["IterableChunk", "apply_transform", "get_dataset", "open_dataset", "staging_store"]
+__all__ = ["IterableChunk", "apply_transform", "open_dataset", "resolve_store", "staging_store"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-_INT63 = (1 << 63) - 1
-# the shared per-iteration settings, in one int64 tensor so persistent workers see changes
-_EPOCH, _START, _SEED, _SHUFFLE, _WINDOW = range(5)
+#: chunks prepared ahead of the reader, in shuffle windows
+PREFETCH_WINDOWS = 2
+PREFETCH_THREADS = 4
 
 
 def apply_transform(fn: Callable[..., Any] | None, sample: Any) -> Any:
@@ -51,24 +63,17 @@ def apply_transform(fn: Callable[..., Any] | None, sample: Any) -> Any:
 
 def staging_store() -> Store:
     """The local staging area ``migrate data --chunk`` writes to (``<project>/.benchkit/staging``)."""
-    from benchkit.data.writer import staging_root
-    from benchkit.settings import find_project_file
-
     project = find_project_file()
     return open_store(staging_root(project.parent if project else Path.cwd()))
 
 
-def _resolve_store(source: Any) -> Store:
-    """``True``: the configured store; ``False``: the local staging area; else a URL or Store."""
+def resolve_store(source: Any) -> Store:
+    """``True``/None: the configured store; ``False``: the local staging area; else a URL or Store."""
     if source is True or source is None:
         return open_store(None)
     if source is False:
         return staging_store()
     return open_store(source)
-
-
-def _parent_is(ppid: int) -> bool:
-    return os.getppid() == ppid
 
 
 def _topology() -> tuple[int, int]:
@@ -109,11 +114,11 @@ class IterableChunk(IterableDataset):
     ) -> None:
         super().__init__()
         self.name = check_dataset_name(name)
-        self._source = store if store is not None else cloud
-        self._shared = torch.zeros(5, dtype=torch.int64)
-        self._shared.share_memory_()
+        self._where = store if store is not None else cloud
+        self._epoch_state = EpochState()
         self._store: Store | None = None
         self._index: DatasetIndex | None = None
+        self._chunks: ChunkSource | None = None
         self._rank_arg: int | None = None
         self._world_arg: int | None = None
         self._frozen_topology: tuple[int, int] | None = None
@@ -123,11 +128,7 @@ class IterableChunk(IterableDataset):
         self._block = 1
         self._session: str | None = None  # set by StreamingDataLoader when it fetches for workers
         self._consumed_here = 0  # raw samples this process's current iteration handed out
-        self._readers: dict[int, Any] = {}
-        self._local: bool | None = None
-        self._cache: Any = None
-        self._marks: Any = None
-        self._configure(
+        self.configure(
             shuffle=shuffle,
             seed=seed,
             rank=rank,
@@ -139,22 +140,24 @@ class IterableChunk(IterableDataset):
 
     # --- configuration ---------------------------------------------------------------------
 
-    def _configure(self, **options: Any) -> IterableChunk:
-        """Set streaming options after construction (what ``open_dataset`` does for subclasses)."""
+    def configure(self, **options: Any) -> IterableChunk:
+        """Set streaming options after construction (what ``open_dataset`` does for subclasses):
+        ``store``, ``shuffle``, ``seed``, ``shuffle_window``, ``rank``, ``world_size``,
+        ``drop_last``, ``transform``, ``cache_limit``."""
         for key, value in options.items():
             if key == "store":
                 if value is not None:
-                    self._source, self._store, self._index, self._local = value, None, None, None
+                    self._where, self._store, self._index, self._chunks = value, None, None, None
             elif key == "shuffle":
-                self._shared[_SHUFFLE] = int(bool(value))
+                self._epoch_state.shuffle = value
             elif key == "seed":
-                self._shared[_SEED] = int(value) & _INT63
+                self._epoch_state.seed = value
             elif key == "shuffle_window":
                 if int(value) < 1:
                     raise DataError(
                         f"dataset '{self.name}': shuffle_window must be >= 1 chunk, got {value}"
                     )
-                self._shared[_WINDOW] = int(value)
+                self._epoch_state.window = int(value)
             elif key == "rank":
                 self._rank_arg = None if value is None else int(value)
             elif key == "world_size":
@@ -181,32 +184,33 @@ class IterableChunk(IterableDataset):
             )
         return self
 
+    _configure = configure  # the name subclasses and older callers used
+
+    @property
+    def epoch_state(self) -> EpochState:
+        """Epoch, start position, seed, shuffle and window (shared with DataLoader workers)."""
+        return self._epoch_state
+
     @property
     def shuffle(self) -> bool:
-        return bool(self._shared[_SHUFFLE])
+        return self._epoch_state.shuffle
 
     @property
     def seed(self) -> int:
-        return int(self._shared[_SEED])
+        return self._epoch_state.seed
 
     @property
     def shuffle_window(self) -> int:
-        return int(self._shared[_WINDOW])
+        return self._epoch_state.window
 
     @property
     def epoch(self) -> int:
-        return int(self._shared[_EPOCH])
-
-    @property
-    def _start(self) -> int:
-        return int(self._shared[_START])
+        return self._epoch_state.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (its shuffle order). A different epoch starts from its beginning;
         the current one keeps its position (so a resumed epoch is not restarted)."""
-        if int(epoch) != self.epoch:
-            self._shared[_EPOCH] = int(epoch)
-            self._shared[_START] = 0
+        self._epoch_state.select_epoch(epoch)
         self._consumed_here = 0
 
     def topology(self) -> tuple[int, int]:
@@ -222,12 +226,16 @@ class IterableChunk(IterableDataset):
             raise DataError(f"dataset '{self.name}': rank {rank} is outside world size {world}")
         return rank, world
 
-    # --- store and index -------------------------------------------------------------------
+    def set_worker_block(self, block: int) -> None:
+        """DataLoader workers take turns in blocks of ``block`` rank samples (the batch size)."""
+        self._block = max(1, int(block))
+
+    # --- store, index, chunks --------------------------------------------------------------
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = _resolve_store(self._source)
+            self._store = resolve_store(self._where)
         return self._store
 
     @property
@@ -236,6 +244,16 @@ class IterableChunk(IterableDataset):
         if self._index is None:
             self._index = load_index(self.store, self.name)
         return self._index
+
+    @property
+    def chunks(self) -> ChunkSource:
+        """Where the chunks are read from (chosen once: in place, or through the cache)."""
+        if self._chunks is None:
+            self._chunks = open_source(
+                self.store, self.name, self.index, cache_limit=self.cache_limit
+            )
+            self._chunks.serve_workers(self._session)
+        return self._chunks
 
     @property
     def num_samples(self) -> int:
@@ -254,203 +272,57 @@ class IterableChunk(IterableDataset):
         _, world = self.topology()
         return samples_per_rank(self.num_samples, 0, world, self.drop_last)
 
-    def _label(self, c: int) -> str:
-        return f"'{self.index.chunks[c].file}' of dataset '{self.name}' in store {self.store.url}"
+    def serve_workers(self, session: str | None) -> None:
+        """DataLoader workers of ``session`` wait for the chunks this process downloads
+        (remote stores; tensorstore cannot download in forked workers)."""
+        self._session = session
+        if self._chunks is not None:
+            self._chunks.serve_workers(session)
 
-    def _key(self, c: int) -> str:
-        return dataset_prefix(self.name) + self.index.chunks[c].file
+    # --- a pass ----------------------------------------------------------------------------
 
-    def _is_local(self) -> bool:
-        if self._local is None:
-            try:
-                self._local = (
-                    self.store.local_path(dataset_prefix(self.name) + "index.json") is not None
-                )
-            except ObjectNotFound:
-                self._local = False
-        return self._local
-
-    def _get_cache(self) -> Any:
-        if self._cache is None:
-            from benchkit.data.cache import ChunkCache
-
-            self._cache = ChunkCache(self.store, limit=self.cache_limit)
-        return self._cache
-
-    def _get_marks(self) -> Any:
-        if self._marks is None:
-            from benchkit.data.cache import VerifiedMarks
-
-            self._marks = VerifiedMarks()
-        return self._marks
-
-    # --- opening chunks --------------------------------------------------------------------
-
-    def _prepare_chunk(self, c: int) -> Path:
-        """Make chunk ``c`` readable here and verified: its path (downloads remote chunks)."""
-        info = self.index.chunks[c]
-        if self._is_local():
-            try:
-                path = self.store.local_path(self._key(c))
-            except ObjectNotFound as e:
-                raise CorruptChunk(
-                    f"chunk {self._label(c)} is missing; repair the dataset with "
-                    f"`python -m benchkit datasets verify {self.name} --repair`"
-                ) from e
-            assert path is not None
-            self._get_marks().open_verified(path, info.sha256, self._label(c)).close()
-            return path
-        try:
-            return self._get_cache().fetch(self._key(c), info.sha256, info.bytes, self._label(c))
-        except ObjectNotFound as e:
-            raise CorruptChunk(
-                f"chunk {self._label(c)} is missing from the store; repair the dataset with "
-                f"`python -m benchkit datasets verify {self.name} --repair`"
-            ) from e
-        except StoreError as e:
-            raise DataError(f"cannot download chunk {self._label(c)}: {e}") from e
-
-    def _open_chunk(self, c: int, prefetcher: Any = None) -> Any:
-        """A reader for chunk ``c`` (checked on first open; remote chunks come through the cache)."""
-        from benchkit.data.format import ChunkReader
-
-        info = self.index.chunks[c]
-        label = self._label(c)
-        if self._is_local():
-            if prefetcher is not None:
-                prefetcher.get(c)
-            try:
-                path = self.store.local_path(self._key(c))
-            except ObjectNotFound as e:
-                raise CorruptChunk(
-                    f"chunk {label} is missing; repair the dataset with "
-                    f"`python -m benchkit datasets verify {self.name} --repair`"
-                ) from e
-            return self._get_marks().open_verified(path, info.sha256, label)
-        from benchkit.data.cache import pin, unpin
-
-        cache = self._get_cache()
-        for attempt in range(5):
-            if prefetcher is not None and attempt == 0:
-                path = prefetcher.get(c)[0]
-            elif self.store.usable_here():
-                path = self._prepare_chunk(c)
-            elif self._session is not None:
-                alive = functools.partial(_parent_is, os.getppid())
-                path = cache.wait_for(info.sha256, label, self._session, alive)
-            else:
-                raise self._fork_error()
-            try:
-                fd = pin(path)
-            except FileNotFoundError:
-                continue  # evicted between fetch and open: fetch again
-            try:
-                reader = ChunkReader(path, label=label)
-            except BaseException:
-                unpin(fd)
-                raise
-            reader._benchkit_pin = fd
-            cache.touch(info.sha256)
-            return reader
-        raise DataError(
-            f"chunk {label} keeps disappearing from the cache {cache.root}; is cache_limit "
-            f"({cache.limit // 10**6} MB) smaller than the chunks being read?"
-        )
-
-    def _fork_error(self) -> DataError:
-        return DataError(
-            f"dataset '{self.name}': DataLoader workers forked from this process cannot "
-            f"download from store {self.store.url} (tensorstore does not survive fork). "
-            "Use bench.get_dataset(...) or benchkit.data.loader.StreamingDataLoader, which "
-            "download in the main process, or DataLoader(..., multiprocessing_context='spawn')"
-        )
-
-    def _close_reader(self, reader: Any) -> None:
-        reader.close()
-        fd = getattr(reader, "_benchkit_pin", None)
-        if fd is not None:
-            from benchkit.data.cache import unpin
-
-            unpin(fd)
-            reader._benchkit_pin = None
-
-    # --- iteration -------------------------------------------------------------------------
-
-    def _order(self, epoch: int | None = None) -> GlobalOrder:
+    def order(self, epoch: int | None = None) -> GlobalOrder:
+        """The global order ``G`` of ``epoch`` (default: the current one)."""
+        st = self._epoch_state
         return GlobalOrder(
             [c.samples for c in self.index.chunks],
-            seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch,
-            shuffle=self.shuffle,
-            window=self.shuffle_window,
+            seed=st.seed,
+            epoch=st.epoch if epoch is None else epoch,
+            shuffle=st.shuffle,
+            window=st.window,
         )
 
-    def _shard(self) -> Shard:
-        rank, world = self.topology()
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return Shard(
-            rank, world, worker, workers, self._block if info is not None else 1, self.drop_last
-        )
-
-    def _prefetch_entries(self, order: GlobalOrder, start: int) -> list[tuple[int, int, int]]:
-        """``(first needed, no longer needed, chunk)`` for every chunk ``G[start:]`` reads, in plan
-        order, plus the chunks of the padding samples at the end. O(chunks): a window's chunks
-        are all needed from the window's first sample to its last."""
-        import numpy as np
-
-        total = order.total
-        entries: list[tuple[int, int, int]] = []
-        if total == 0 or start >= total:
-            return entries
-        for w in range(int(order.window_of(start)), order.num_windows):
-            lo, hi = int(order.window_starts[w]), int(order.window_starts[w + 1])
-            entries.extend((max(start, lo), hi, int(c)) for c in order.window_chunks(w))
+    def prefetcher(
+        self, epoch: int, start: int, *, session: str | None = None
+    ) -> Prefetcher | None:
+        """Background preparation of the chunks ``G[start:]`` of ``epoch`` needs, in order of
+        first use; None when there is nothing to read. With ``session``, a chunk that cannot be
+        prepared is reported to the workers of that session waiting for it."""
         _, world = self.topology()
-        pad = -(total - start) % world if not self.drop_last else 0
-        if pad:
-            chunks, _ = order.lookup(np.arange(min(pad, total)))
-            entries.extend((total, total + world, int(c)) for c in dict.fromkeys(chunks.tolist()))
-        return entries
-
-    def _prefetch_hold(self, c: int) -> tuple[Path, int | None]:
-        """Prepare chunk ``c`` and, for a cached one, pin it until the prefetcher lets go."""
-        from benchkit.data.cache import pin
-
-        for _attempt in range(5):
-            path = self._prepare_chunk(c)
-            if self._is_local():
-                return path, None
-            try:
-                return path, pin(path)
-            except FileNotFoundError:
-                continue
-        raise DataError(
-            f"chunk {self._label(c)} keeps disappearing from the cache; is cache_limit too small?"
-        )
-
-    def _make_prefetcher(self, order: GlobalOrder, start: int, on_error: Any = None) -> Any:
-        """Background preparation of the chunks ``G[start:]`` needs, in order of first use."""
-        from benchkit.data.cache import Prefetcher
-
-        entries = self._prefetch_entries(order, start)
-        if not entries:
+        spans = chunk_spans(self.order(epoch), start, world, self.drop_last)
+        if not spans:
             return None
+        source = self.chunks
+        on_error = None
+        if session is not None:
 
-        def release(result: tuple[Path, int | None]) -> None:
-            if result[1] is not None:
-                from benchkit.data.cache import unpin
-
-                unpin(result[1])
+            def on_error(c: int, error: BaseException) -> None:
+                source.record_error(c, session, error)
 
         return Prefetcher(
-            self._prefetch_hold,
-            entries,
-            depth=2 * self.shuffle_window,
-            threads=4,
-            release=release,
+            source.prepare,
+            spans,
+            depth=PREFETCH_WINDOWS * self.shuffle_window,
+            threads=PREFETCH_THREADS,
+            release=source.release,
             on_error=on_error,
         )
+
+    def _shard(self, in_worker: Any) -> Shard:
+        rank, world = self.topology()
+        worker, workers = (in_worker.id, in_worker.num_workers) if in_worker else (0, 1)
+        block = self._block if in_worker is not None else 1
+        return Shard(rank, world, worker, workers, block, self.drop_last)
 
     def _data_iterator(self) -> Iterator[Any]:
         """The raw samples of this rank's (and worker's) share, in plan order.
@@ -465,56 +337,35 @@ class IterableChunk(IterableDataset):
             and self._session is None
             and not self.store.usable_here()
         ):
-            raise self._fork_error()  # before reading the index through the store
-        index = self.index
-        epoch, start = self.epoch, self._start
-        order = self._order(epoch)
-        shard = self._shard()
-        total = index.num_samples
+            raise fork_error(self.name, self.store)  # before reading the index through the store
+        total = self.index.num_samples
+        epoch, start = self._epoch_state.epoch, self._epoch_state.start
+        order = self.order(epoch)
+        source = self.chunks
         self._consumed_here = 0
         prefetcher = None
-        if info is None and not (self._is_local() and len(index.chunks) <= 1):
-            prefetcher = self._make_prefetcher(order, start)
-        chunk_window = {}
-        for w in range(order.num_windows):
-            for c in order.window_chunks(w):
-                chunk_window[int(c)] = w
-        readers: dict[int, Any] = {}
-        current_window = -1
+        if info is None and not (source.local and len(self.index.chunks) <= 1):
+            prefetcher = self.prefetcher(epoch, start)
+        window = Window(source, order, prefetcher)
         try:
-            for positions in shard.positions(total, start):
+            for positions in self._shard(info).positions(total, start):
                 chunks, idxs = order.lookup(positions)
-                for p, c, i in zip(
-                    positions.tolist(), chunks.tolist(), idxs.tolist(), strict=False
-                ):
-                    reader = readers.get(c)
-                    if reader is None:
-                        w = chunk_window[c]
-                        if w != current_window:
-                            for old in [k for k in readers if chunk_window[k] != w]:
-                                self._close_reader(readers.pop(old))
-                            current_window = w
-                            if prefetcher is not None:
-                                prefetcher.advance(p)
-                        reader = readers[c] = self._open_chunk(c, prefetcher)
-                    sample = reader[i]
+                for p, c, i in zip(positions.tolist(), chunks.tolist(), idxs.tolist(), strict=True):
+                    sample = window.reader(c, p)[i]
                     self._consumed_here += 1
                     yield sample
         finally:
-            for r in readers.values():
-                self._close_reader(r)
+            window.close()
             if prefetcher is not None:
                 prefetcher.close()
         if info is None:
-            self._finish_pass(epoch, start)
+            self.finish_pass(epoch, start)
 
-    def _finish_pass(self, epoch: int, start: int) -> None:
+    def finish_pass(self, epoch: int, start: int) -> None:
         """A pass of ``epoch`` from ``start`` ran to its end: move on to the next epoch, unless
         someone already chose another position meanwhile (set_epoch, load_state_dict)."""
-        if self.epoch == epoch and self._start == start:
-            self._shared[_EPOCH] = epoch + 1
-            self._shared[_START] = 0
-            self._consumed_here = 0
+        self._epoch_state.finish(epoch, start)
+        self._consumed_here = 0
 
     def __iter__(self) -> Iterator[Any]:
         fn = self.transform
@@ -526,23 +377,20 @@ class IterableChunk(IterableDataset):
 
     # --- resume ----------------------------------------------------------------------------
 
-    def _consumed(self, rank_samples: int) -> int:
-        """Global positions consumed once every rank has taken ``rank_samples`` since the start."""
+    def resume_state(self, epoch: int, consumed: int) -> dict[str, Any]:
+        """The resume state of ``epoch`` after ``consumed`` samples of its global order."""
         _, world = self.topology()
-        return min(self.num_samples, self._start + rank_samples * world)
-
-    def _state(self, epoch: int, consumed: int) -> dict[str, Any]:
-        _, world = self.topology()
+        st = self._epoch_state
         return {
             "version": STATE_VERSION,
             "dataset": self.name,
             "num_samples": self.num_samples,
             "fingerprint": self.fingerprint(),
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "shuffle_window": self.shuffle_window,
+            "seed": st.seed,
+            "shuffle": st.shuffle,
+            "shuffle_window": st.window,
             "epoch": epoch,
-            "consumed": consumed,
+            "consumed": min(self.num_samples, consumed),
             "world_size": world,
             "drop_last": self.drop_last,
         }
@@ -553,7 +401,9 @@ class IterableChunk(IterableDataset):
         Counts what this process's iteration handed out (use the loader's ``state_dict`` with
         DataLoader workers). Plain ints and strings: safe for ``torch.save``/JSON.
         """
-        return self._state(self.epoch, self._consumed(self._consumed_here))
+        _, world = self.topology()
+        st = self._epoch_state
+        return self.resume_state(st.epoch, st.start + self._consumed_here * world)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: the next iteration yields exactly what the epoch had left."""
@@ -577,7 +427,7 @@ class IterableChunk(IterableDataset):
         consumed = int(state["consumed"])
         if not 0 <= consumed <= self.num_samples:
             raise DataError(f"dataset '{self.name}': invalid consumed count {consumed} in state")
-        self._configure(
+        self.configure(
             seed=state["seed"], shuffle=state["shuffle"], shuffle_window=state["shuffle_window"]
         )
         if bool(state.get("drop_last", self.drop_last)) != self.drop_last:
@@ -587,62 +437,30 @@ class IterableChunk(IterableDataset):
                 self.drop_last,
                 state.get("drop_last"),
             )
-        self._shared[_EPOCH] = int(state["epoch"])
-        self._shared[_START] = consumed
+        self._epoch_state.load_state_dict({"epoch": int(state["epoch"]), "start": consumed})
         self._consumed_here = 0
 
     # --- pickling (DataLoader workers) -----------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        # workers need the index and the topology of the process that made them
+        # workers need the index, the chunk source and the topology of the process that made them
         try:
+            state["_chunks"] = self.chunks
             state["_index"] = self.index
-            state["_local"] = self._is_local()
         except Exception:  # noqa: BLE001 - a dataset that cannot open still pickles
             pass
         state["_frozen_topology"] = self._frozen_topology or self.topology()
-        state["_readers"] = {}
-        state["_cache"] = None
-        state["_marks"] = None
         return state
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, store={getattr(self._store, 'url', self._source)!r})"
+        where = getattr(self._store, "url", self._where)
+        return f"{type(self).__name__}({self.name!r}, store={where!r})"
 
 
-# --- the public helpers --------------------------------------------------------------------
-
-_DATASET_OPTIONS = (
-    "shuffle",
-    "seed",
-    "rank",
-    "world_size",
-    "drop_last",
-    "transform",
-    "shuffle_window",
-    "cache_limit",
-    "store",
-)
-_LOADER_OPTIONS = (
-    "collate_fn",
-    "pin_memory",
-    "persistent_workers",
-    "prefetch_factor",
-    "multiprocessing_context",
-    "timeout",
-    "worker_init_fn",
-    "device",
-    "drop_last_batch",
-)
-
-
-def _accepts(cls: type, name: str) -> bool:
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params and cls.__init__ is not IterableChunk.__init__
+def _check_initialised(ds: Any) -> None:
+    if not isinstance(getattr(ds, "_epoch_state", None), EpochState):
+        raise DataError(f"{type(ds).__name__}.__init__ must call super().__init__(name, cloud)")
 
 
 def open_dataset(
@@ -676,10 +494,9 @@ def open_dataset(
         ds = IterableChunk(name, source)
     else:
         ds = cls(name, source, *chunk_args, **(chunk_kwargs or {}))
-        if not isinstance(getattr(ds, "_shared", None), torch.Tensor):
-            raise DataError(f"{cls.__name__}.__init__ must call super().__init__(name, cloud)")
-        ds._configure(store=source if store is not None else None)
-    ds._configure(
+        _check_initialised(ds)
+        ds.configure(store=source if store is not None else None)
+    ds.configure(
         shuffle=shuffle,
         seed=seed,
         rank=rank,
@@ -689,46 +506,16 @@ def open_dataset(
         cache_limit=cache_limit,
     )
     if transform is not None:
-        ds._configure(transform=transform)
+        ds.configure(transform=transform)
     return ds
 
 
-def get_dataset(
-    chunk_class: type | None,
-    cloud: Any,
-    name: str,
-    batch_size: int,
-    num_workers: int,
-    *args: Any,
-    **kwargs: Any,
-) -> Any:
-    """The original helper: a DataLoader over ``chunk_class(name, cloud, *args, **kwargs)``.
-
-    ``cloud``: True = the configured store, False = the local staging area, or a store URL.
-    Streaming options (``shuffle``, ``seed``, ``drop_last``, ``rank``, ``world_size``, ...)
-    and DataLoader options (``collate_fn``, ``pin_memory``, ``persistent_workers``, ...) may be
-    passed as keywords unless the class's constructor takes a parameter of that name. Returns a
-    :class:`~benchkit.data.loader.StreamingDataLoader` whose ``state_dict`` covers every worker.
-    """
-    from benchkit.data.loader import StreamingDataLoader
-
-    cls = chunk_class or IterableChunk
+def build_dataset(cls: type, name: str, cloud: Any, *args: Any, **kwargs: Any) -> IterableChunk:
+    """``cls(name, cloud, *args, **kwargs)``, checked to be a properly initialised IterableChunk."""
     if not (isinstance(cls, type) and issubclass(cls, IterableChunk)):
         raise DataError(
             f"get_dataset: the first argument must be an IterableChunk subclass, got {cls!r}"
         )
-    ds_opts = {
-        k: kwargs.pop(k) for k in list(kwargs) if k in _DATASET_OPTIONS and not _accepts(cls, k)
-    }
-    loader_opts = {
-        k: kwargs.pop(k) for k in list(kwargs) if k in _LOADER_OPTIONS and not _accepts(cls, k)
-    }
     ds = cls(name, cloud, *args, **kwargs)
-    if not isinstance(getattr(ds, "_shared", None), torch.Tensor):
-        raise DataError(f"{cls.__name__}.__init__ must call super().__init__(name, cloud)")
-    if ds_opts:
-        ds._configure(**ds_opts)
-    drop_last_batch = loader_opts.pop("drop_last_batch", False)
-    return StreamingDataLoader(
-        ds, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last_batch, **loader_opts
-    )
+    _check_initialised(ds)
+    return ds

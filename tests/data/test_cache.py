@@ -144,7 +144,7 @@ def test_streaming_through_a_small_cache_stays_exact_and_bounded(far, workers):
     ]  # in place
     got = ids(StreamingDataLoader(ds, batch_size=5, num_workers=workers))
     assert got == plain and sorted(got) == list(range(200))
-    cache = ds._get_cache()
+    cache = ds.chunks.cache
     assert cache.usage() <= limit
     assert len(list(cache.root.glob("*.bkc"))) < len(index.chunks), "older chunks were evicted"
 
@@ -171,7 +171,7 @@ def test_streams_from_s3_through_the_cache(s3_store_url, tmp_path):
         )
         got += ids(StreamingDataLoader(ds, batch_size=4, num_workers=2))
     assert sorted(set(got)) == list(range(N_SAMPLES)) and len(got) == N_SAMPLES + 1
-    assert not ds._is_local() and ds._get_cache().usage() > 0
+    assert not ds.chunks.local and ds.chunks.cache.usage() > 0
 
 
 def _take_lock(path, out):
