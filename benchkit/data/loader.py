@@ -25,6 +25,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from benchkit.data.batch import collate
 from benchkit.data.plan import samples_per_rank
 from benchkit.data.stream import IterableChunk, build_dataset
 from benchkit.errors import DataError
@@ -62,6 +63,8 @@ class StreamingDataLoader(DataLoader):
                 "bench.open_dataset(name, shuffle=True, seed=...)"
             )
         kwargs.pop("shuffle", None)
+        if batch_size is not None and kwargs.get("collate_fn") is None:
+            kwargs["collate_fn"] = collate  # stored files cross from workers in shared memory
         super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
         self.device = device
         self._session = uuid.uuid4().hex

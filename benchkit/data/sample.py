@@ -55,25 +55,79 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-class ChunkFile(io.BytesIO):
+class ChunkFile(io.RawIOBase):
     """A read-only binary file object over a stored file's bytes (what a ``File`` field decodes to).
 
-    Works with ``PIL.Image.open(f)``, ``f.read()``, ``f.seek()``; ``f.tensor()`` gives the bytes
-    as a uint8 tensor, which is what ``torchvision.io.decode_image`` accepts;
-    ``f.path()`` gives a real file path for libraries that need one.
+    Works with ``PIL.Image.open(f)``, ``f.read()``, ``f.seek()``; ``len(f)`` is its size;
+    ``f.getbuffer()`` is a read-only view of the bytes (no copy); ``f.tensor()`` gives them as a
+    uint8 tensor, which is what ``torchvision.io.decode_image`` accepts; ``f.path()`` gives a
+    real file path for libraries that need one.
+
+    The bytes are not copied: a ``ChunkFile`` read from a memory-mapped chunk is a view of the
+    (verified) mapping, which stays mapped while the object lives; one that crossed from a
+    DataLoader worker in a batch (:class:`~benchkit.data.batch.FileBatch`) is a view of the
+    batch's shared memory.
     """
 
     def __init__(self, data: bytes | bytearray | memoryview, name: str) -> None:
-        data = bytes(data)
-        super().__init__(data)  # BytesIO shares an immutable bytes object until written to
-        self._data = data
+        super().__init__()
+        view = memoryview(data)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        self._view = view.toreadonly()
+        self._pos = 0
         self.name = name
         self._path: str | None = None
         self._finalizer: Any = None
 
-    # read-only: refuse every way of changing the bytes
+    # --- the file-object protocol (read-only) -------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
     def writable(self) -> bool:
         return False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError(f"{self.name}: I/O operation on closed file")
+        n = len(self._view)
+        end = n if size is None or size < 0 else min(n, self._pos + size)
+        out = self._view[self._pos : end].tobytes() if end > self._pos else b""
+        self._pos = max(self._pos, end)
+        return out
+
+    read1 = read
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        data = self._view[self._pos : self._pos + len(out)]
+        out[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = len(self._view) + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
 
     def write(self, b: Any) -> int:
         raise io.UnsupportedOperation(f"{self.name}: a stored file is read-only")
@@ -84,22 +138,35 @@ class ChunkFile(io.BytesIO):
     def truncate(self, size: int | None = None) -> int:
         raise io.UnsupportedOperation(f"{self.name}: a stored file is read-only")
 
+    # --- the bytes -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._view)
+
     @property
     def size(self) -> int:
         """Number of bytes."""
-        return len(self._data)
+        return len(self._view)
+
+    def getbuffer(self) -> memoryview:
+        """The bytes as a read-only view (no copy)."""
+        return self._view
+
+    def getvalue(self) -> bytes:
+        """The bytes (a copy)."""
+        return self._view.tobytes()
 
     def bytes(self) -> bytes:
-        """The file's bytes."""
-        return self._data
+        """The file's bytes (a copy)."""
+        return self._view.tobytes()
 
     def tensor(self) -> Any:
         """The bytes as a 1-d ``torch.uint8`` tensor (input for ``torchvision.io.decode_image``)."""
         import torch
 
-        if not self._data:
+        if not len(self._view):
             return torch.empty(0, dtype=torch.uint8)
-        return torch.frombuffer(bytearray(self._data), dtype=torch.uint8)
+        return torch.frombuffer(bytearray(self._view), dtype=torch.uint8)
 
     as_tensor = tensor
 
@@ -116,17 +183,17 @@ class ChunkFile(io.BytesIO):
             stem, suffix = os.path.splitext(os.path.basename(self.name))
             fd, path = tempfile.mkstemp(prefix=f"{stem[:40]}-", suffix=suffix, dir=directory)
             with os.fdopen(fd, "wb") as f:
-                f.write(self._data)
+                f.write(self._view)
             self._path = path
             self._finalizer = weakref.finalize(self, _unlink, path)
         return self._path
 
     # DataLoader workers send samples to the main process: send the bytes and the name only
     def __reduce__(self) -> Any:
-        return (_rebuild_chunk_file, (self._data, self.name, self.tell()))
+        return (_rebuild_chunk_file, (self._view.tobytes(), self.name, self._pos))
 
     def __repr__(self) -> str:
-        return f"ChunkFile({self.name!r}, {len(self._data)} bytes)"
+        return f"ChunkFile({self.name!r}, {len(self._view)} bytes)"
 
 
 def _rebuild_chunk_file(data: bytes, name: str, pos: int) -> ChunkFile:
