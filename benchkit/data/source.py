@@ -107,8 +107,8 @@ class LocalChunks(ChunkSource):
             path = self.store.local_path(self.key(c))
         except ObjectNotFound as e:
             raise CorruptChunk(
-                f"chunk {self.label(c)} is missing; re-run `python -m benchkit migrate data` "
-                "for this dataset"
+                f"chunk {self.label(c)} is missing; repair the dataset with "
+                f"`python -m benchkit datasets verify {self.name} --repair`"
             ) from e
         assert path is not None
         return path
@@ -150,8 +150,8 @@ class CachedChunks(ChunkSource):
             return self.cache.fetch(self.key(c), info.sha256, info.bytes, self.label(c))
         except ObjectNotFound as e:
             raise CorruptChunk(
-                f"chunk {self.label(c)} is missing from the store; re-run "
-                "`python -m benchkit migrate data --upload` for this dataset"
+                f"chunk {self.label(c)} is missing from the store; repair the dataset with "
+                f"`python -m benchkit datasets verify {self.name} --repair`"
             ) from e
         except StoreError as e:
             raise DataError(f"cannot download chunk {self.label(c)}: {e}") from e
