@@ -39,7 +39,8 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +49,27 @@ from benchkit.errors import CorruptChunk, DataError, SchemaError
 from benchkit.fsutil import atomic_file
 
 __all__ = [
+    "BLOCK_BYTES",
     "FORMAT_VERSION",
     "MAGIC",
+    "ChunkDigest",
     "ChunkReader",
+    "WrittenChunk",
     "check_schema",
     "decode_sample",
     "encode_parts",
     "encode_sample",
+    "iter_parts",
     "join_parts",
     "sample_schema",
     "write_chunk",
+    "write_records",
 ]
 
 FORMAT_VERSION = 1
+#: chunks are checksummed per block of this size too (index.json ``blocks``), see ChunkDigest
+BLOCK_BYTES = 1 << 20
+BLOCK_DIGEST_HEX = 32
 MAGIC = b"BENCHKIT"
 _HEADER = struct.Struct("<8sIIQ")
 HEADER_SIZE = _HEADER.size  # 24
@@ -234,17 +243,18 @@ def encode_parts(sample: Any, index: int) -> tuple[list[bytes | File], int]:
     return parts, total + sum(sizes)
 
 
-def join_parts(parts: Sequence[bytes | File], index: int = -1) -> bytes:
-    """The record for parts from :func:`encode_parts`, reading the files now.
+def iter_parts(parts: Sequence[bytes | File], index: int = -1) -> Iterator[bytes]:
+    """The byte runs of a record from :func:`encode_parts`, reading each file when its turn comes.
 
     Raises :class:`DataError` if a file changed size since it was measured.
     """
-    chunks: list[bytes] = []
+    prev = b""
     for p in parts:
         if type(p) is bytes:
-            chunks.append(p)
+            prev = p
+            yield p
             continue
-        expected = _U64.unpack_from(chunks[-1], len(chunks[-1]) - 8)[0]
+        expected = _U64.unpack_from(prev, len(prev) - 8)[0]
         try:
             data = p.read_bytes()
         except OSError as e:
@@ -254,8 +264,12 @@ def join_parts(parts: Sequence[bytes | File], index: int = -1) -> bytes:
                 f"sample {index}: file {p.path} changed while chunking "
                 f"({expected} bytes when listed, {len(data)} when read); run the migration again"
             )
-        chunks.append(data)
-    return b"".join(chunks)
+        yield data
+
+
+def join_parts(parts: Sequence[bytes | File], index: int = -1) -> bytes:
+    """The record for parts from :func:`encode_parts`, reading the files now."""
+    return b"".join(iter_parts(parts, index))
 
 
 def encode_sample(sample: Any, index: int) -> bytes:
@@ -489,29 +503,117 @@ def check_schema(expected: dict[str, Any], sample: Any) -> str | None:
 # --- chunk files ---------------------------------------------------------------------------------
 
 
-def write_chunk(path: str | os.PathLike[str], encoded_samples: Sequence[bytes]) -> tuple[int, str]:
-    """Write records as one chunk file, atomically; returns (size in bytes, sha256 hex)."""
-    n = len(encoded_samples)
+class ChunkDigest:
+    """The sha256 of a whole chunk file and of each of its ``block_bytes`` blocks, in one pass.
+
+    The whole-file digest is what ``index.json`` has always held (and ``datasets verify``
+    checks); the block digests (the first 16 bytes of each block's sha256, in hex, one after the
+    other) let a reader verify a block the first time it touches it instead of hashing the
+    whole chunk before its first sample.
+    """
+
+    def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+        self.block_bytes = block_bytes
+        self._whole = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._in_block = 0
+        self._blocks: list[str] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._whole.update(data)
+        view = memoryview(data)
+        while len(view):
+            take = min(len(view), self.block_bytes - self._in_block)
+            self._block.update(view[:take])
+            self._in_block += take
+            view = view[take:]
+            if self._in_block == self.block_bytes:
+                self._close_block()
+
+    def _close_block(self) -> None:
+        self._blocks.append(self._block.hexdigest()[:BLOCK_DIGEST_HEX])
+        self._block = hashlib.sha256()
+        self._in_block = 0
+
+    def finish(self) -> tuple[str, str]:
+        """``(sha256 hex of the whole file, block digests)``."""
+        if self._in_block:
+            self._close_block()
+        return self._whole.hexdigest(), "".join(self._blocks)
+
+
+def block_digest(data: bytes | memoryview) -> str:
+    """What :class:`ChunkDigest` records for one block."""
+    return hashlib.sha256(data).hexdigest()[:BLOCK_DIGEST_HEX]
+
+
+@dataclass(frozen=True)
+class WrittenChunk:
+    """What :func:`write_records` wrote: size, whole-file sha256, block digests."""
+
+    size: int
+    sha256: str
+    blocks: str
+    block_bytes: int
+    samples: int
+
+
+def write_records(
+    path: str | os.PathLike[str],
+    records: Sequence[tuple[int, Sequence[bytes | File], int]],
+    *,
+    block_bytes: int = BLOCK_BYTES,
+) -> WrittenChunk:
+    """Write records as one chunk file, atomically, straight from their parts.
+
+    ``records`` are ``(sample index, parts, record size)`` with parts from
+    :func:`encode_parts`: each file is read when its turn comes and its bytes go to the file
+    and the digests directly (no record is assembled in memory first).
+    """
+    n = len(records)
     offsets = [0] * (n + 1)
     pos = HEADER_SIZE + 8 * (n + 1)
-    for k, rec in enumerate(encoded_samples):
+    for k, (_, _, size) in enumerate(records):
         offsets[k] = pos
-        pos += len(rec)
+        pos += size
     offsets[n] = pos
-    digest = hashlib.sha256()
+    digest = ChunkDigest(block_bytes)
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, n) + struct.pack(f"<{n + 1}Q", *offsets)
+    written = 0
     with atomic_file(path) as f:
-        for block in (head, *encoded_samples):
-            digest.update(block)
-            f.write(block)
-    return pos, digest.hexdigest()
+        digest.update(head)
+        f.write(head)
+        written += len(head)
+        for index, parts, size in records:
+            start = written
+            for block in iter_parts(parts, index):
+                digest.update(block)
+                f.write(block)
+                written += len(block)
+            if written - start != size:
+                raise DataError(
+                    f"sample {index}: its record is {written - start} bytes, not {size}"
+                )
+    sha, blocks = digest.finish()
+    return WrittenChunk(pos, sha, blocks, block_bytes, n)
+
+
+def write_chunk(path: str | os.PathLike[str], encoded_samples: Sequence[bytes]) -> tuple[int, str]:
+    """Write records as one chunk file, atomically; returns (size in bytes, sha256 hex)."""
+    w = write_records(path, [(i, [rec], len(rec)) for i, rec in enumerate(encoded_samples)])
+    return w.size, w.sha256
 
 
 class ChunkReader:
     """Random access to the samples of one chunk file, memory-mapped.
 
-    With ``expected_sha256`` the whole file is checked first; a mismatch, a truncated file or a
-    bad header raises :class:`CorruptChunk` naming ``label`` (say, the dataset, chunk and store).
+    With ``expected_sha256`` the whole file is checked first. With ``blocks`` (the chunk's block
+    digests from ``index.json``, ``block_bytes`` each) every block is instead checked the first
+    time a sample in it is read (the header and offsets table at once), so the first sample
+    costs one block's hash rather than the whole chunk's; ``on_verified`` is called once every
+    block has been checked. A mismatch, a truncated file or a bad header raises
+    :class:`CorruptChunk` naming ``label`` (say, the dataset, chunk and store), and no byte of a
+    failing block is ever returned.
     """
 
     def __init__(
@@ -519,12 +621,16 @@ class ChunkReader:
         path: str | os.PathLike[str],
         *,
         expected_sha256: str | None = None,
+        blocks: str | None = None,
+        block_bytes: int = BLOCK_BYTES,
+        on_verified: Callable[[], None] | None = None,
         label: str = "",
     ) -> None:
         self.path = Path(path)
         self.label = label or str(self.path)
         self._mm: mmap.mmap | None = None
         self._buf: memoryview | None = None
+        self._unchecked: bytearray | None = None  # per block: 1 until verified (lazy mode)
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -544,6 +650,9 @@ class ChunkReader:
                     f"checksum mismatch (sha256 {actual[:16]}..., the index says "
                     f"{expected_sha256[:16]}...); the file is damaged or was changed"
                 )
+        elif blocks:
+            self._start_lazy(size, blocks, block_bytes, on_verified)
+            self._verify(0, HEADER_SIZE)
         magic, version, _flags, count = _HEADER.unpack_from(self._buf, 0)
         if magic != MAGIC:
             self.close()
@@ -560,6 +669,7 @@ class ChunkReader:
             raise self._corrupt(
                 f"the file is truncated ({size} bytes, the offsets table needs {table_end})"
             )
+        self._verify(0, table_end)
         if sys.byteorder == "little":
             self._offsets: Any = self._buf[HEADER_SIZE:table_end].cast("Q")
         else:  # pragma: no cover
@@ -575,6 +685,52 @@ class ChunkReader:
             self.close()
             raise self._corrupt("the offsets table is damaged")
         self._count = count
+
+    def _start_lazy(
+        self, size: int, blocks: str, block_bytes: int, on_verified: Callable[[], None] | None
+    ) -> None:
+        count = len(blocks) // BLOCK_DIGEST_HEX
+        if block_bytes < 1 or count != -(-size // block_bytes):
+            self.close()
+            raise self._corrupt(
+                f"the file is {size} bytes, but the index lists {count} blocks of {block_bytes} "
+                "bytes (truncated, or longer than when it was written)"
+            )
+        self._digests, self._block_bytes = blocks, block_bytes
+        self._unchecked = bytearray(b"\x01" * count)
+        self._left = count
+        self._on_verified = on_verified
+
+    def _verify(self, start: int, end: int) -> None:
+        """Check every not yet checked block overlapping bytes ``[start, end)``."""
+        todo = self._unchecked
+        if todo is None or end <= start:
+            return
+        bb = self._block_bytes
+        buf = self._buf
+        assert buf is not None
+        for b in range(start // bb, min(len(todo), (end - 1) // bb + 1)):
+            if not todo[b]:
+                continue
+            lo, hi = b * bb, min(len(buf), (b + 1) * bb)
+            want = self._digests[b * BLOCK_DIGEST_HEX : (b + 1) * BLOCK_DIGEST_HEX]
+            if block_digest(buf[lo:hi]) != want:
+                self.close()
+                raise self._corrupt(
+                    f"checksum mismatch in block {b} (bytes {lo}-{hi}); the file is damaged or "
+                    "was changed"
+                )
+            todo[b] = 0
+            self._left -= 1
+        if self._left == 0:
+            self._unchecked = None
+            if self._on_verified is not None:
+                self._on_verified()
+
+    @property
+    def fully_verified(self) -> bool:
+        """False while some blocks have not been checked yet (lazy mode)."""
+        return self._unchecked is None
 
     def _corrupt(self, what: str) -> CorruptChunk:
         return CorruptChunk(
@@ -597,6 +753,8 @@ class ChunkReader:
         start, end = self._offsets[i], self._offsets[i + 1]
         if not start <= end <= len(self._buf):
             raise self._corrupt(f"bad offsets for sample {i}")
+        if self._unchecked is not None:
+            self._verify(start, end)
         return self._buf[start:end]
 
     def __getitem__(self, i: int) -> Any:

@@ -40,12 +40,24 @@ def dataset_prefix(name: str) -> str:
 
 @dataclass
 class ChunkInfo:
-    """One chunk file of a dataset."""
+    """One chunk file of a dataset.
+
+    ``sha256`` is the whole file's; ``blocks`` (optional, newer writers) the digests of its
+    ``block_bytes`` blocks, which readers check block by block (see ``format.ChunkDigest``).
+    """
 
     file: str
     samples: int
     bytes: int
     sha256: str
+    blocks: str = ""
+    block_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not self.blocks:  # an index without block digests stays as older writers wrote it
+            del d["blocks"], d["block_bytes"]
+        return d
 
 
 @dataclass
@@ -67,7 +79,7 @@ class DatasetIndex:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["chunks"] = [asdict(c) for c in self.chunks]
+        d["chunks"] = [c.to_dict() for c in self.chunks]
         return {**self.extra, **d}
 
     def to_json(self) -> str:
@@ -79,7 +91,14 @@ class DatasetIndex:
         try:
             known = {f.name for f in fields(cls)} - {"extra"}
             chunks = [
-                ChunkInfo(str(c["file"]), int(c["samples"]), int(c["bytes"]), str(c["sha256"]))
+                ChunkInfo(
+                    str(c["file"]),
+                    int(c["samples"]),
+                    int(c["bytes"]),
+                    str(c["sha256"]),
+                    str(c.get("blocks", "")),
+                    int(c.get("block_bytes", 0)),
+                )
                 for c in d["chunks"]
             ]
             idx = cls(

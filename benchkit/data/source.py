@@ -27,6 +27,7 @@ from benchkit.data.cache import ChunkCache, VerifiedMarks, pin, unpin
 from benchkit.data.format import ChunkReader
 from benchkit.data.index import DatasetIndex, dataset_prefix
 from benchkit.data.plan import GlobalOrder
+from benchkit.data.prefetch import Prefetcher
 from benchkit.errors import CorruptChunk, DataError, ObjectNotFound, StoreError
 from benchkit.store import Store
 
@@ -76,8 +77,8 @@ class ChunkSource(ABC):
         """Drop a hold from :meth:`prepare`."""
 
     @abstractmethod
-    def open(self, c: int, prepared: Any = None) -> ChunkReader:
-        """A reader over chunk ``c``; ``prepared`` is what :meth:`prepare` returned, if it ran."""
+    def open(self, c: int, prefetcher: Prefetcher | None = None) -> ChunkReader:
+        """A reader over chunk ``c``; ``prefetcher`` is preparing chunks ahead, if one runs."""
 
     def close(self, reader: ChunkReader) -> None:
         """Close a reader from :meth:`open`."""
@@ -113,15 +114,34 @@ class LocalChunks(ChunkSource):
         assert path is not None
         return path
 
-    def _open_verified(self, c: int) -> ChunkReader:
-        return self.marks.open_verified(self._path(c), self.index.chunks[c].sha256, self.label(c))
-
     def prepare(self, c: int) -> Any:
-        self._open_verified(c).close()
+        """Check the whole chunk (once per machine: the check is remembered)."""
+        path = self._path(c)
+        self.marks.open_verified(path, self.index.chunks[c].sha256, self.label(c)).close()
         return None
 
-    def open(self, c: int, prepared: Any = None) -> ChunkReader:
-        return self._open_verified(c)
+    def open(self, c: int, prefetcher: Prefetcher | None = None) -> ChunkReader:
+        """A reader of chunk ``c``: unchecked if this machine already verified the file;
+        else, for chunks with block digests, checking each block when first read (so the first
+        sample does not wait for the whole chunk's hash); else checked whole first."""
+        info, path, label = self.index.chunks[c], self._path(c), self.label(c)
+        if not info.blocks:
+            if prefetcher is not None:
+                prefetcher.get(c)  # its whole-chunk check is under way: wait rather than redo it
+            return self.marks.open_verified(path, info.sha256, label)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as e:
+            raise CorruptChunk(f"chunk {label}: file {path} is missing") from e
+        if self.marks.is_verified(path, info.sha256, st):
+            return ChunkReader(path, label=label)
+        return ChunkReader(
+            path,
+            blocks=info.blocks,
+            block_bytes=info.block_bytes,
+            on_verified=functools.partial(self.marks.mark, path, info.sha256, st),
+            label=label,
+        )
 
 
 class CachedChunks(ChunkSource):
@@ -186,9 +206,13 @@ class CachedChunks(ChunkSource):
     def release(self, hold: Any) -> None:
         unpin(hold[1])
 
-    def open(self, c: int, prepared: Any = None) -> ChunkReader:
+    def open(self, c: int, prefetcher: Prefetcher | None = None) -> ChunkReader:
+        """A reader of the cached chunk ``c`` (verified while downloading), pinned until closed."""
         for attempt in range(_ATTEMPTS):
-            path = prepared[0] if prepared is not None and attempt == 0 else self._locate(c)
+            if prefetcher is not None and attempt == 0:
+                path = prefetcher.get(c)[0]  # downloaded (and held) by the prefetcher
+            else:
+                path = self._locate(c)
             try:
                 fd = pin(path)
             except FileNotFoundError:
@@ -241,7 +265,9 @@ class Window:
     (if any) where the pass stands, so it can prepare what comes next and release the rest.
     """
 
-    def __init__(self, source: ChunkSource, order: GlobalOrder, prefetcher: Any = None) -> None:
+    def __init__(
+        self, source: ChunkSource, order: GlobalOrder, prefetcher: Prefetcher | None = None
+    ) -> None:
         self.source = source
         self.prefetcher = prefetcher
         self._window_of = {
@@ -262,8 +288,7 @@ class Window:
             self._current = w
             if self.prefetcher is not None:
                 self.prefetcher.advance(position)
-        prepared = self.prefetcher.get(c) if self.prefetcher is not None else None
-        reader = self._readers[c] = self.source.open(c, prepared)
+        reader = self._readers[c] = self.source.open(c, self.prefetcher)
         return reader
 
     def close(self) -> None:

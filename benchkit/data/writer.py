@@ -38,9 +38,8 @@ from benchkit.data.format import (
     HEADER_SIZE,
     check_schema,
     encode_parts,
-    join_parts,
     sample_schema,
-    write_chunk,
+    write_records,
 )
 from benchkit.data.index import INDEX_FILE, ChunkInfo, DatasetIndex, dataset_prefix
 from benchkit.data.sample import File
@@ -79,16 +78,16 @@ class ChunkStats:
         return self.index.total_bytes / 1e6 / self.seconds if self.seconds else 0.0
 
 
-def _write_task(
-    directory: str, k: int, items: list[tuple[int, list[bytes | File]]]
-) -> tuple[int, str, int, int, str]:
-    """Worker: read the files, write chunk ``k``; returns (k, file name, samples, bytes, sha256)."""
-    records = [join_parts(parts, i) for i, parts in items]
+Items = list[tuple[int, list[bytes | File], int]]  # (sample index, parts, record size)
+
+
+def _write_task(directory: str, k: int, items: Items) -> tuple[int, ChunkInfo]:
+    """Worker: read the files straight into chunk ``k``; returns (k, its index entry)."""
     tmp = os.path.join(directory, f".part-{k:06d}.bkc")
-    size, sha = write_chunk(tmp, records)
-    name = f"chunk-{k:06d}-{sha[:16]}.bkc"
+    w = write_records(tmp, items)
+    name = f"chunk-{k:06d}-{w.sha256[:16]}.bkc"
     os.replace(tmp, os.path.join(directory, name))
-    return k, name, len(records), size, sha
+    return k, ChunkInfo(name, w.samples, w.size, w.sha256, w.blocks, w.block_bytes)
 
 
 def _worker_init(parent: int) -> None:
@@ -180,14 +179,14 @@ def chunk_samples(
     bar = _Progress(name, total, progress)
     pool: ProcessPoolExecutor | None = None
     pending: dict[Future, tuple[int, int, int]] = {}  # future -> (chunk, first sample, last sample)
-    results: dict[int, tuple[str, int, int, str]] = {}
+    results: dict[int, ChunkInfo] = {}
     schema: dict[str, Any] | None = None
 
     def collect(done: set[Future]) -> None:
         for fut in done:
             k, first, last = pending.pop(fut)
             try:
-                _, fname, n, size, sha = fut.result()
+                _, info = fut.result()
             except BrokenProcessPool as e:
                 # every chunk in flight fails with the pool, so name them all
                 spans = [(k, first, last), *pending.values()]
@@ -200,18 +199,18 @@ def chunk_samples(
                 ) from e
             except BaseException as e:
                 raise _sample_error(name, first, e) from e
-            results[k] = (fname, n, size, sha)
-            bar.advance(n, size)
+            results[k] = info
+            bar.advance(info.samples, info.bytes)
 
-    def inline(k: int, items: list[tuple[int, list[bytes | File]]]) -> None:
+    def inline(k: int, items: Items) -> None:
         try:
-            _, fname, n, size, sha = _write_task(str(work), k, items)
+            _, info = _write_task(str(work), k, items)
         except Exception as e:
             raise _sample_error(name, items[0][0], e) from e
-        results[k] = (fname, n, size, sha)
-        bar.advance(n, size)
+        results[k] = info
+        bar.advance(info.samples, info.bytes)
 
-    def submit(k: int, items: list[tuple[int, list[bytes | File]]]) -> None:
+    def submit(k: int, items: Items) -> None:
         nonlocal pool
         if pool is None:
             if workers == 1:
@@ -231,7 +230,7 @@ def chunk_samples(
 
     try:
         it = iter(samples)
-        batch: list[tuple[int, list[bytes | File]]] = []
+        batch: Items = []
         batch_bytes = 0
         k = 0
         i = 0
@@ -254,15 +253,14 @@ def chunk_samples(
                     f"dataset '{name}': sample {i} does not match the first sample: {diff}. "
                     "Every sample must have the same structure"
                 )
-            size += 8  # its entry in the offsets table
-            if batch and batch_bytes + size > chunk_bytes:
+            if batch and batch_bytes + size + 8 > chunk_bytes:  # + its entry in the offsets table
                 submit(k, batch)
                 k += 1
                 batch, batch_bytes = [], HEADER_SIZE + 8
             if not batch:
                 batch_bytes = HEADER_SIZE + 8
-            batch.append((i, parts))
-            batch_bytes += size
+            batch.append((i, parts, size))
+            batch_bytes += size + 8
             i += 1
         if batch:
             if pool is None:
@@ -275,7 +273,7 @@ def chunk_samples(
             collect(done)
         if i == 0:
             raise DataError(f"dataset '{name}' yielded no samples; check the paths it reads")
-        chunks = [ChunkInfo(*results[j]) for j in range(len(results))]
+        chunks = [results[j] for j in range(len(results))]
         index = DatasetIndex(
             name=name,
             num_samples=i,
