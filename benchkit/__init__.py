@@ -27,6 +27,8 @@ _EXPORTS = {
     "open_dataset": "benchkit.data.stream",
     "get_dataset": "benchkit.data.loader",
     "StreamingDataLoader": "benchkit.data.loader",
+    "mix": "benchkit.data.mix",
+    "MixedDataset": "benchkit.data.mix",
     # training
     "train": "benchkit.training.declare",
     "Run": "benchkit.training.run",

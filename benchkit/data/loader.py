@@ -26,6 +26,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from benchkit.data.batch import collate
+from benchkit.data.mix import MixedDataset
 from benchkit.data.plan import samples_per_rank
 from benchkit.data.stream import IterableChunk, build_dataset
 from benchkit.errors import DataError
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class StreamingDataLoader(DataLoader):
-    """A ``torch.utils.data.DataLoader`` over an :class:`IterableChunk` with exact mid-epoch resume."""
+    """A ``torch.utils.data.DataLoader`` over an :class:`IterableChunk` (or a mix of them,
+    :class:`~benchkit.data.mix.MixedDataset`) with exact mid-epoch resume."""
 
     # accelerate: pass this loader through prepare() untouched (it is already sharded by rank),
     # and save/load its state_dict in save_state()/load_state()
@@ -45,17 +47,17 @@ class StreamingDataLoader(DataLoader):
 
     def __init__(
         self,
-        dataset: IterableChunk,
+        dataset: IterableChunk | MixedDataset,
         batch_size: int | None = 1,
         num_workers: int = 0,
         *,
         device: Any = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(dataset, IterableChunk):
+        if not isinstance(dataset, (IterableChunk, MixedDataset)):
             raise DataError(
-                f"StreamingDataLoader needs a benchkit IterableChunk (from bench.open_dataset), "
-                f"got {type(dataset).__name__}"
+                f"StreamingDataLoader needs a benchkit IterableChunk (from bench.open_dataset) "
+                f"or MixedDataset (bench.mix), got {type(dataset).__name__}"
             )
         if kwargs.get("shuffle"):
             raise DataError(
@@ -73,7 +75,7 @@ class StreamingDataLoader(DataLoader):
         self._delivered = 0
 
     @property
-    def _ds(self) -> IterableChunk:
+    def _ds(self) -> IterableChunk | MixedDataset:
         return self.dataset  # type: ignore[return-value]
 
     def set_epoch(self, epoch: int) -> None:
@@ -84,11 +86,11 @@ class StreamingDataLoader(DataLoader):
         ds = self._ds
         step = self.batch_size or 1
         ds.set_worker_block(step)
-        index = ds.index  # read it before the workers start, so they inherit it
+        total = ds.num_samples  # reads the index before the workers start, so they inherit it
         _, world = ds.topology()
         epoch, start = ds.epoch_state.epoch, ds.epoch_state.start
-        per_rank = samples_per_rank(index.num_samples, start, world, ds.drop_last)
-        remote = self.num_workers > 0 and not ds.chunks.local
+        per_rank = samples_per_rank(total, start, world, ds.drop_last)
+        remote = self.num_workers > 0 and ds.remote
         if remote:
             ds.serve_workers(self._session)  # workers wait for what this process downloads
         lookahead = (self.prefetch_factor or 2) * max(1, self.num_workers) * step * world
@@ -98,7 +100,7 @@ class StreamingDataLoader(DataLoader):
         batches = super().__iter__()  # forks the workers (first pass) before any thread starts:
         # a fork while a prefetch thread holds a file lock would leave the lock held in the child
         try:
-            if self.num_workers > 0 and index.chunks:
+            if self.num_workers > 0 and total:
                 prefetcher = ds.prefetcher(epoch, start, session=self._session if remote else None)
             for batch in batches:
                 self._delivered = min(per_rank, self._delivered + step)

@@ -220,3 +220,142 @@ class Shard:
         """This worker's global positions of ``G``, in the order it yields them."""
         for local in self.worker_local_indices(total, start):
             yield self.global_positions(local, total, start)
+
+
+#: positions of a mixed epoch whose dataset labels are laid out together (see MixedOrder)
+MIX_BLOCK = 4096
+_WEIGHT_SCALE = 1 << 40
+
+
+class MixedOrder:
+    """The global order of a mixed epoch: which dataset, and which of its draws, each position is.
+
+    ``weights`` (positive, any sum) are turned into exact integers ``W_d``. The count of
+    dataset ``d`` in the first ``x`` positions, at every block boundary ``x`` (a multiple of
+    ``block``), is ``floor(x * W_d / S)`` for every dataset but the heaviest, which takes the
+    rest: so realised proportions are exact to within one sample per dataset (the heaviest:
+    within the number of datasets) at every block boundary, whatever the epoch's length. Inside
+    a block the labels are laid out evenly, then (``shuffle``) permuted with a generator seeded
+    by ``(seed, epoch, block)`` (all but a last, partial block). Like :class:`GlobalOrder` it depends on nothing about ranks
+    or workers, and any position is found without walking the ones before it.
+
+    Position ``m`` is dataset ``d``'s draw number ``j``: the ``j``-th time the mix takes a sample
+    from ``d`` in this epoch. What sample that is, is up to the caller (its own global order).
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float],
+        total: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = False,
+        block: int = MIX_BLOCK,
+    ) -> None:
+        w = [float(x) for x in weights]
+        if not w or any(not x > 0 for x in w):
+            raise ValueError(f"mixing weights must be positive numbers, got {list(weights)}")
+        if block < len(w) * len(w):
+            raise ValueError(f"mix block {block} is too small for {len(w)} datasets")
+        s = sum(w)
+        self.W = [max(1, round(x / s * _WEIGHT_SCALE)) for x in w]
+        self.S = sum(self.W)
+        self.heavy = max(range(len(w)), key=lambda d: (self.W[d], -d))
+        self.num = len(w)
+        self.total = int(total)
+        self.block = int(block)
+        self.seed, self.epoch, self.shuffle = int(seed), int(epoch), bool(shuffle)
+        self._labels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def counts_at_boundary(self, x: int) -> list[int]:
+        """Draws of each dataset among the first ``x`` positions, ``x`` a block boundary."""
+        counts = [x * w // self.S for w in self.W]
+        counts[self.heavy] = x - (sum(counts) - counts[self.heavy])
+        return counts
+
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset label, draw index within the block) of each position of block ``b``."""
+        got = self._labels.get(b)
+        if got is not None:
+            return got
+        lo = self.counts_at_boundary(b * self.block)
+        hi = self.counts_at_boundary((b + 1) * self.block)
+        n = [h - q for h, q in zip(hi, lo, strict=True)]
+        # even spread: the k-th of n draws of a dataset sits at (k + 0.5) / n of the block
+        keys = np.concatenate([(np.arange(k) + 0.5) / k for k in n if k])
+        labels = np.concatenate([np.full(k, d, dtype=np.int64) for d, k in enumerate(n) if k])
+        labels = labels[np.argsort(keys, kind="stable")]
+        if self.shuffle and (b + 1) * self.block <= self.total:
+            # a last, partial block keeps the even layout, so how many draws of each dataset
+            # an epoch makes does not depend on the seed (see until_first_exhausted)
+            labels = labels[_rng(self.seed, self.epoch, b + 1).permutation(len(labels))]
+        occ = np.empty(len(labels), dtype=np.int64)
+        for d in range(self.num):
+            sel = labels == d
+            occ[sel] = lo[d] + np.arange(int(sel.sum()))
+        if len(self._labels) >= 2:
+            self._labels.pop(next(iter(self._labels)))
+        self._labels[b] = (labels, occ)
+        return labels, occ
+
+    def lookup(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(dataset ids, draw numbers)`` of mixed positions ``0 <= m < total``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        ds = np.empty_like(positions)
+        draws = np.empty_like(positions)
+        blocks = positions // self.block
+        for b in np.unique(blocks):
+            sel = blocks == b
+            labels, occ = self._block(int(b))
+            off = positions[sel] - int(b) * self.block
+            ds[sel], draws[sel] = labels[off], occ[off]
+        return ds, draws
+
+    def draws_before(self, m: int) -> list[int]:
+        """How many draws of each dataset the positions ``[0, m)`` make."""
+        b, off = divmod(int(m), self.block)
+        counts = self.counts_at_boundary(b * self.block)
+        if off:
+            labels, _ = self._block(b)
+            counts = [
+                c + int(k)
+                for c, k in zip(counts, np.bincount(labels[:off], minlength=self.num), strict=True)
+            ]
+        return counts
+
+    def position_of(self, d: int, j: int) -> int:
+        """The position of dataset ``d``'s draw ``j`` (``total`` if the epoch never makes it)."""
+        lo, hi = 0, -(-self.total // self.block)  # the last block boundary with <= j draws
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.counts_at_boundary(mid * self.block)[d] <= j:
+                lo = mid
+            else:
+                hi = mid - 1
+        base = lo * self.block
+        if base >= self.total:
+            return self.total
+        labels, occ = self._block(lo)
+        hit = np.flatnonzero((labels == d) & (occ == j))
+        m = base + int(hit[0]) if len(hit) else self.total
+        return min(m, self.total)
+
+    @staticmethod
+    def until_first_exhausted(
+        weights: Sequence[float], sizes: Sequence[int], block: int = MIX_BLOCK
+    ) -> int:
+        """The largest epoch length at which no dataset is drawn more often than it has samples."""
+        probe = MixedOrder(weights, 0, block=block)
+
+        def fits(m: int) -> bool:
+            return all(c <= n for c, n in zip(probe.draws_before(m), sizes, strict=True))
+
+        lo, hi = 0, sum(int(n) for n in sizes)
+        while lo < hi:  # draws_before is monotone in m: binary search the last m that fits
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo

@@ -42,7 +42,14 @@ from benchkit.errors import DataError
 from benchkit.settings import find_project_file
 from benchkit.store import Store, open_store
 
-__all__ = ["IterableChunk", "apply_transform", "open_dataset", "resolve_store", "staging_store"]
+__all__ = [
+    "IterableChunk",
+    "apply_transform",
+    "open_dataset",
+    "resolve_store",
+    "resolve_topology",
+    "staging_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,16 @@ def _topology() -> tuple[int, int]:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     except ValueError as e:
         raise DataError(f"RANK/WORLD_SIZE must be integers ({e})") from e
+
+
+def resolve_topology(rank: int | None, world_size: int | None, what: str) -> tuple[int, int]:
+    """(rank, world size): the given ones, else those of :func:`_topology`; checked."""
+    env_rank, env_world = _topology()
+    world = env_world if world_size is None else world_size
+    rank = env_rank if rank is None else rank
+    if not 0 <= rank < world:
+        raise DataError(f"{what}: rank {rank} is outside world size {world}")
+    return rank, world
 
 
 class IterableChunk(IterableDataset):
@@ -217,14 +234,7 @@ class IterableChunk(IterableDataset):
         """(rank, world size) this dataset shards for."""
         if self._frozen_topology is not None:
             return self._frozen_topology
-        rank, world = _topology()
-        if self._world_arg is not None:
-            world = self._world_arg
-        if self._rank_arg is not None:
-            rank = self._rank_arg
-        if not 0 <= rank < world:
-            raise DataError(f"dataset '{self.name}': rank {rank} is outside world size {world}")
-        return rank, world
+        return resolve_topology(self._rank_arg, self._world_arg, f"dataset '{self.name}'")
 
     def set_worker_block(self, block: int) -> None:
         """DataLoader workers take turns in blocks of ``block`` rank samples (the batch size)."""
@@ -271,6 +281,11 @@ class IterableChunk(IterableDataset):
         """Samples this rank yields in a full epoch (the same on every rank)."""
         _, world = self.topology()
         return samples_per_rank(self.num_samples, 0, world, self.drop_last)
+
+    @property
+    def remote(self) -> bool:
+        """True when chunks come through the cache (downloaded), not read in place."""
+        return not self.chunks.local
 
     def serve_workers(self, session: str | None) -> None:
         """DataLoader workers of ``session`` wait for the chunks this process downloads

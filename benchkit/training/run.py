@@ -343,7 +343,7 @@ class Run:
 
     def loader(
         self,
-        name: str,
+        name: str | dict[str, float],
         *,
         shuffle: bool = False,
         num_workers: int = 0,
@@ -356,6 +356,10 @@ class Run:
         **kwargs: Any,
     ) -> TrackedLoader:
         """A streaming DataLoader over dataset ``name`` of the run's store, this rank's share.
+
+        ``name`` may be a dict of dataset names and weights (``{"web": 0.7, "books": 0.3}``):
+        the datasets are mixed at those proportions (see ``bench.mix``; ``epoch_samples=``
+        sets the epoch's length).
 
         ``batch_size`` defaults to ``config["batch_size"]``; ``seed`` to ``config["seed"]``.
         A dataset declared in the training module streams with its transform and chunk class;
@@ -374,32 +378,45 @@ class Run:
                     "'batch_size' to the @bench.train config"
                 )
             batch_size = int(self.config["batch_size"])
-        decl = self.datasets.get(name)
-        declared: dict[str, Any] = {}
-        if decl is not None:  # stream it the way its declaration says
-            declared = {
-                "transform": decl.transform_fn,
-                "chunk_class": decl.chunk_class,
-                "chunk_args": decl.chunk_args,
-                "chunk_kwargs": decl.chunk_kwargs,
-            }
-        if transform is not None:
-            declared["transform"] = transform
-        if chunk_class is not None:
-            declared.update(
-                chunk_class=chunk_class,
-                chunk_args=tuple(chunk_args),
-                chunk_kwargs=chunk_kwargs or {},
+
+        def declared_for(name: str) -> dict[str, Any]:
+            decl = self.datasets.get(name)
+            declared: dict[str, Any] = {}
+            if decl is not None:  # stream it the way its declaration says
+                declared = {
+                    "transform": decl.transform_fn,
+                    "chunk_class": decl.chunk_class,
+                    "chunk_args": decl.chunk_args,
+                    "chunk_kwargs": decl.chunk_kwargs,
+                }
+            if transform is not None:
+                declared["transform"] = transform
+            if chunk_class is not None:
+                declared.update(
+                    chunk_class=chunk_class,
+                    chunk_args=tuple(chunk_args),
+                    chunk_kwargs=chunk_kwargs or {},
+                )
+            return declared
+
+        where = {
+            "shuffle": shuffle,
+            "seed": self.config["seed"] if seed is None else seed,
+            "rank": self.accelerator.process_index,
+            "world_size": self.accelerator.num_processes,
+        }
+        if isinstance(name, dict):  # a mix: the data layer builds it from the same options
+            from benchkit.data.mix import mix
+
+            ds = mix(
+                name,
+                self.store,
+                epoch_samples=kwargs.pop("epoch_samples", None),
+                dataset_options={n: declared_for(n) for n in name},
+                **where,
             )
-        ds = open_dataset(
-            name,
-            store=self.store,
-            shuffle=shuffle,
-            seed=self.config["seed"] if seed is None else seed,
-            rank=self.accelerator.process_index,
-            world_size=self.accelerator.num_processes,
-            **declared,
-        )
+        else:
+            ds = open_dataset(name, store=self.store, **where, **declared_for(name))
         # a private generator, re-seeded every epoch: starting an iteration must not draw from
         # the global RNG, or a run resumed mid-epoch would diverge from an uninterrupted one
         generator = kwargs.pop("generator", None) or torch.Generator()
