@@ -162,6 +162,74 @@ def evict(*roots: Path) -> bool:
     return ok
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _rss_kb(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident KB of one process; (0, 0) once it is gone."""
+    anon = file = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    anon += int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    file = int(line.split()[1])
+    except OSError:
+        pass
+    return anon, file
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (DataLoader workers, chunking
+    workers), summed over the tree and sampled every ``interval`` s in a thread.
+
+    ``anon_mb`` is what the processes allocated (heap, buffers, and shared memory such as
+    DataLoader batches, counted in each process that maps it); ``file_mb`` the pages of memory-mapped files
+    (reclaimable page cache, shared by every process that maps them): reported apart because
+    only the first is memory a machine must have free.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+
+        self.interval = interval
+        self.anon_mb = self.file_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            anon = file = 0
+            for pid in _tree(me):
+                a, f = _rss_kb(pid)
+                anon, file = anon + a, file + f
+            self.anon_mb = max(self.anon_mb, anon / 1024)
+            self.file_mb = max(self.file_mb, file / 1024)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def dir_stats(path: Path) -> tuple[int, int]:
     """(total bytes, file count) of every regular file under ``path``."""
     total = count = 0

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARD_BYTES,
+    PeakMemory,
     WORKERS,
     data_dir,
     dir_stats,
@@ -194,7 +195,8 @@ def run_one(library: str, quick: bool, out: Path) -> dict:
     # the images leave the page cache, so every library reads them from disk
     dropped = evict(data_dir(preset))
     t0 = time.perf_counter()
-    CONVERTERS[library](samples, out)
+    with PeakMemory() as mem:
+        CONVERTERS[library](samples, out)
     seconds = time.perf_counter() - t0
     # BenchKit fsyncs each chunk before it counts as written; the others leave dirty pages for
     # the kernel to write later. Time to the data being on disk puts them on the same footing.
@@ -210,6 +212,7 @@ def run_one(library: str, quick: bool, out: Path) -> dict:
         "files": files,
         "samples": count_samples(library, out),
         "page_cache_dropped": dropped,
+        "peak_anon_mb": mem.anon_mb,
     }
 
 
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             "files": runs[-1]["files"],
             "samples": runs[-1]["samples"],
             "page_cache_dropped": all(r["page_cache_dropped"] for r in runs),
+            "peak_anon_mb": summarize([r["peak_anon_mb"] for r in runs]),
         }
     save_results(preset, "convert", results)
     return 0

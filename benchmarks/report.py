@@ -45,18 +45,25 @@ def convert_table(res: dict) -> list[str]:
            "the page cache before every run, so every library reads them from disk.", "",
            "*Seconds*: until the library's call returns; *on disk*: until `os.sync()` after it returns "
            "(BenchKit fsyncs every chunk itself, the others leave the writing to the kernel).", "",
-           "| library | seconds, median (min–max) | on disk, s | images/s | output MB | files | BenchKit time / this | same, on disk |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| library | seconds, median (min–max) | on disk, s | images/s | output MB | files | BenchKit time / this | same, on disk | peak memory, MB |",
+           "|---|---|---|---|---|---|---|---|---|"]
     bks = libs.get("benchkit", {}).get("synced_seconds", {}).get("median")
     for lib, r in libs.items():
         if "skipped" in r:
-            out.append(f"| {NAMES[lib]} | skipped: {r['skipped']} | | | | | | |")
+            out.append(f"| {NAMES[lib]} | skipped: {r['skipped']} | | | | | | | |")
             continue
         s, sy = r["seconds"], r.get("synced_seconds")
         out.append(f"| {NAMES[lib]} | {spread(s, '{:.1f}')} | {spread(sy, '{:.1f}') if sy else '–'} | "
                    f"{res['images'] / s['median']:,.0f} | {r['bytes'] / 1e6:,.0f} | {r['files']} | "
-                   f"{ratio(bk, s['median'])} | {ratio(bks, sy['median']) if sy else '–'} |")
+                   f"{ratio(bk, s['median'])} | {ratio(bks, sy['median']) if sy else '–'} | "
+                   f"{spread(r['peak_anon_mb']) if 'peak_anon_mb' in r else '–'} |")
     return out
+
+
+def mem(r: dict) -> str:
+    if "mem_anon_mb" not in r:
+        return "–"
+    return f"{r['mem_anon_mb']['median']:,.0f} / {r['mem_file_mb']['median']:,.0f}"
 
 
 def limit_for(limit: dict | None, mode: str, epoch: int, store: str = "local") -> float | None:
@@ -77,7 +84,9 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
            "*Ratio* = BenchKit's samples/s divided by this library's (above 1: BenchKit is faster); "
            "*of limit* = this library's samples/s as a fraction of the limit below. *CPU ms/sample*: CPU time "
            "of the training process and its DataLoader workers per sample (user + system), a cost that "
-           "background load on the machine barely changes, unlike samples/s.", ""]
+           "background load on the machine barely changes, unlike samples/s. *Memory*: peak resident memory of "
+           "the training process and its workers together, allocated (heap and shared memory) / "
+           "memory-mapped file pages (page cache, reclaimable), MB, over both epochs.", ""]
     for store in ("local", "s3"):
         for mode in ("raw", "decode"):
             keys = [f"{lib}|{mode}|{store}" for lib in STREAM_LIBS if f"{lib}|{mode}|{store}" in rows]
@@ -86,14 +95,14 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
             title = {"raw": "raw bytes, no decode", "decode": "Pillow decode + resize to 224"}[mode]
             where = {"local": "local directory", "s3": "S3 (moto_server on 127.0.0.1)"}[store]
             out += [f"**{where}, {title}**", "",
-                    "| library | epoch 1 (cold) | epoch 2 | first batch, s | ratio ep. 1 | ratio ep. 2 | of limit ep. 1 | of limit ep. 2 | CPU ms/sample ep. 1 | CPU ms/sample ep. 2 |",
-                    "|---|---|---|---|---|---|---|---|---|---|"]
+                    "| library | epoch 1 (cold) | epoch 2 | first batch, s | ratio ep. 1 | ratio ep. 2 | of limit ep. 1 | of limit ep. 2 | CPU ms/sample ep. 1 | CPU ms/sample ep. 2 | memory, MB |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|"]
             bk = rows.get(f"benchkit|{mode}|{store}")
             bk = bk if bk and "epoch1" in bk else None
             for k in keys:
                 r = rows[k]
                 if "timed_out_s" in r:
-                    out.append(f"| {NAMES[r['library']]} | did not finish two epochs in {r['timed_out_s']} s | | | | | | | | |")
+                    out.append(f"| {NAMES[r['library']]} | did not finish two epochs in {r['timed_out_s']} s | | | | | | | | | |")
                     continue
                 e1, e2 = r["epoch1"]["median"], r["epoch2"]["median"]
                 l1, l2 = limit_for(limit, mode, 1, store), limit_for(limit, mode, 2, store)
@@ -103,21 +112,22 @@ def stream_tables(res: dict, limit: dict | None) -> list[str]:
                     f"{ratio(bk['epoch1']['median'], e1) if bk else '–'} | {ratio(bk['epoch2']['median'], e2) if bk else '–'} | "
                     f"{ratio(e1, l1)} | {ratio(e2, l2)} | "
                     f"{spread(r['cpu_ms1'], '{:.2f}') if 'cpu_ms1' in r else '–'} | "
-                    f"{spread(r['cpu_ms2'], '{:.2f}') if 'cpu_ms2' in r else '–'} |")
+                    f"{spread(r['cpu_ms2'], '{:.2f}') if 'cpu_ms2' in r else '–'} | "
+                    f"{mem(r)} |")
             if limit:
                 if mode == "raw" and store == "s3" and "s3_read" in limit:
                     out.append(f"| *limit: GET of the shard objects, {limit['s3_read']['threads']} at a time; "
                                f"epoch 2: read of the cached files* | {spread(limit['s3_read']['samples_per_s'])} | "
-                               f"{spread(limit['read_warm']['samples_per_s'])} | | | | | | | |")
+                               f"{spread(limit['read_warm']['samples_per_s'])} | | | | | | | | |")
                 elif mode == "raw":
                     out.append(f"| *limit: sequential read of the chunk files* | "
                                f"{spread(limit['read_cold']['samples_per_s'])} (disk) | "
-                               f"{spread(limit['read_warm']['samples_per_s'])} (page cache) | | | | | | | |")
+                               f"{spread(limit['read_warm']['samples_per_s'])} (page cache) | | | | | | | | |")
                 else:
                     cpu = limit["decode"].get("cpu_ms_per_sample")
                     cpu_s = spread(cpu, "{:.2f}") if cpu else ""
                     out.append(f"| *limit: decode + resize only, {limit['decode']['workers']} processes* | "
-                               f"{spread(limit['decode']['samples_per_s'])} | same | | | | | | {cpu_s} | {cpu_s} |")
+                               f"{spread(limit['decode']['samples_per_s'])} | same | | | | | | {cpu_s} | {cpu_s} | |")
             out.append("")
     if res.get("skipped"):
         out += [f"Skipped: {', '.join(f'{k} ({v})' for k, v in res['skipped'].items())}", ""]

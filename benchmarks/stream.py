@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BATCH_SIZE,
+    PeakMemory,
     IMAGE_SIZE,
     SEED,
     WORK,
@@ -95,7 +96,9 @@ class BenchKitTransform:
 
     def __call__(self, image: Any, label: int) -> tuple[Any, int]:
         if self.mode == "raw":
-            return image.read(), int(label)
+            # the stored file's bytes as BenchKit hands them out: a read-only file object over
+            # them (len() is its size), which crosses from the workers in shared memory
+            return image, int(label)
         return decode_jpeg(image), int(label)  # PIL reads the ChunkFile directly
 
 
@@ -281,20 +284,22 @@ def run_one(library: str, mode: str, store: str, preset_name: str, endpoint: str
             first = None
             cpu0 = cpu_seconds()
             t0 = time.perf_counter()
-            it = iter(loader)
-            for batch, y in it:
-                if first is None:
-                    first = time.perf_counter() - t0
-                n += len(y)
-                labels += int(y.sum())
-                if mode == "raw":
-                    nbytes += sum(len(b) for b in batch)
-            seconds = time.perf_counter() - t0
-            del it  # the workers are joined here, so their CPU time is counted
+            with PeakMemory() as mem:
+                it = iter(loader)
+                for batch, y in it:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    n += len(y)
+                    labels += int(y.sum())
+                    if mode == "raw":
+                        nbytes += sum(len(b) for b in batch)
+                seconds = time.perf_counter() - t0
+                del it  # the workers are joined here, so their CPU time is counted
             cpu = cpu_seconds() - cpu0
             epochs.append({"seconds": seconds, "samples": n, "labels": labels,
                            "bytes": nbytes if mode == "raw" else None, "first_batch_s": first,
-                           "samples_per_s": n / seconds, "cpu_s": cpu, "cpu_ms_per_sample": 1e3 * cpu / n})
+                           "samples_per_s": n / seconds, "cpu_s": cpu, "cpu_ms_per_sample": 1e3 * cpu / n,
+                           "peak_anon_mb": mem.anon_mb, "peak_file_mb": mem.file_mb})
             got = {"samples": n, "labels": labels, "bytes": nbytes if mode == "raw" else expected["bytes"]}
             if got != expected:
                 raise SystemExit(f"{library}/{mode}/{store} epoch {epoch + 1}: got {got}, expected {expected}")
@@ -423,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
                 **({"cpu_ms1": summarize([r["epochs"][0]["cpu_ms_per_sample"] for r in rs]),
                     "cpu_ms2": summarize([r["epochs"][1]["cpu_ms_per_sample"] for r in rs])}
                    if all("cpu_ms_per_sample" in r["epochs"][0] for r in rs) else {}),
+                **({"mem_anon_mb": summarize([max(e["peak_anon_mb"] for e in r["epochs"]) for r in rs]),
+                    "mem_file_mb": summarize([max(e["peak_file_mb"] for e in r["epochs"]) for r in rs])}
+                   if all("peak_anon_mb" in r["epochs"][0] for r in rs) else {}),
                 "samples": rs[0]["epochs"][0]["samples"],
                 "page_cache_dropped": all(r["page_cache_dropped"] for r in rs),
             }

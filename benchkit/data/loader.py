@@ -118,6 +118,12 @@ class StreamingDataLoader(DataLoader):
             if finished:
                 self._active = None
                 ds.finish_pass(epoch, start)
+            elif not self.persistent_workers:
+                # an error (say, a corrupt chunk) keeps this frame alive in its traceback, and
+                # with it the workers: stop them now rather than when the traceback goes
+                shutdown = getattr(batches, "_shutdown_workers", None)
+                if callable(shutdown):
+                    shutdown()
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's position after the batches this loader has delivered (every worker's)."""
