@@ -157,6 +157,15 @@ def resume_table(res: dict) -> list[str]:
     return out
 
 
+def first_batch_table(res: dict) -> list[str]:
+    out = ["BenchKit, raw mode, 2 workers, shuffle on, chunk files evicted from the page cache and no "
+           "record of verified chunks (a fresh BENCHKIT_HOME): a first epoch on a new machine.", "",
+           "| chunk size | first batch, s |", "|---|---|"]
+    for mib, s in res["chunk_mib"].items():
+        out.append(f"| {mib} MiB | {spread(s, '{:.2f}')} |")
+    return out
+
+
 def train_table(res: dict) -> list[str]:
     s, w = res["step_s"], res["wall_s"]
     return [
@@ -214,6 +223,7 @@ def chart(res: dict, limit: dict | None, path: Path) -> None:
 def render(preset) -> tuple[str, dict | None, dict | None]:
     conv, stream, limit = (load_results(preset, b) for b in ("convert", "stream", "limit"))
     resume, train = load_results(preset, "resume"), load_results(preset, "train")
+    first_batch = load_results(preset, "first_batch")
     first = next((r for r in (stream, conv, limit, resume, train) if r), None)
     lines: list[str] = []
     if first:
@@ -223,6 +233,7 @@ def render(preset) -> tuple[str, dict | None, dict | None]:
                   f"Python {m.get('python')}.", ""]
     sections = [("Conversion", conv, convert_table), ("Streaming", stream, lambda r: stream_tables(r, limit)),
                 ("The limit", limit, limit_table), ("Resume cost", resume, resume_table),
+                ("Time to the first batch of a cold epoch, by chunk size", first_batch, first_batch_table),
                 ("Training overhead", train, train_table)]
     for title, res, fn in sections:
         lines += [f"### {title}", ""]

@@ -30,6 +30,7 @@ $PY benchmarks/convert.py "${QUICK[@]}"
 $PY benchmarks/stream.py "${QUICK[@]}"
 $PY benchmarks/limit.py "${QUICK[@]}"
 $PY benchmarks/resume.py "${QUICK[@]}"
+$PY benchmarks/first_batch.py "${QUICK[@]}"
 $PY benchmarks/train_overhead.py "${QUICK[@]}"
 if [[ ${#QUICK[@]} -eq 0 ]]; then
     $PY benchmarks/report.py --write-doc

@@ -33,11 +33,11 @@ from benchkit.data.plan import GlobalOrder, MixedOrder, Shard, chunk_spans, samp
 from benchkit.data.prefetch import Prefetcher
 from benchkit.data.source import Window
 from benchkit.data.stream import (
-    PREFETCH_THREADS,
     PREFETCH_WINDOWS,
     IterableChunk,
     apply_transform,
     open_dataset,
+    prefetch_threads,
     resolve_topology,
 )
 from benchkit.errors import DataError
@@ -232,7 +232,7 @@ class MixedDataset(IterableDataset):
             prepare,
             spans,
             depth=depth,
-            threads=PREFETCH_THREADS,
+            threads=prefetch_threads(self.remote),
             release=release,
             on_error=on_error,
         )

@@ -46,6 +46,7 @@ __all__ = [
     "IterableChunk",
     "apply_transform",
     "open_dataset",
+    "prefetch_threads",
     "resolve_store",
     "resolve_topology",
     "staging_store",
@@ -56,7 +57,13 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 #: chunks prepared ahead of the reader, in shuffle windows
 PREFETCH_WINDOWS = 2
+#: downloads in flight for a remote store; local chunks are checked by one thread (CPU-bound
+#: hashing, which must not starve the readers: they check the blocks they read meanwhile)
 PREFETCH_THREADS = 4
+
+
+def prefetch_threads(remote: bool) -> int:
+    return PREFETCH_THREADS if remote else 1
 
 
 def apply_transform(fn: Callable[..., Any] | None, sample: Any) -> Any:
@@ -328,7 +335,7 @@ class IterableChunk(IterableDataset):
             source.prepare,
             spans,
             depth=PREFETCH_WINDOWS * self.shuffle_window,
-            threads=PREFETCH_THREADS,
+            threads=prefetch_threads(not source.local),
             release=source.release,
             on_error=on_error,
         )
