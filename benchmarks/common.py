@@ -221,7 +221,7 @@ class PeakMemory:
             self.file_mb = max(self.file_mb, file / 1024)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

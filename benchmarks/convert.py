@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARD_BYTES,
-    PeakMemory,
     WORKERS,
+    PeakMemory,
     data_dir,
     dir_stats,
     emit,

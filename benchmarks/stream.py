@@ -41,11 +41,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BATCH_SIZE,
-    PeakMemory,
     IMAGE_SIZE,
     SEED,
     WORK,
     WORKERS,
+    PeakMemory,
     data_dir,
     emit,
     evict,
