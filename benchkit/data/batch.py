@@ -1,16 +1,27 @@
-"""Batches that cross from DataLoader workers to the training process through shared memory.
+"""Batches of stored files that cross from DataLoader workers to the training process uncopied.
 
-A ``DataLoader`` worker sends each batch to the training process by pickling it through a pipe;
-tensors are the exception: their storage moves to shared memory and only a handle crosses.
+A ``DataLoader`` worker sends each batch to the training process by pickling it through a pipe.
 :func:`collate` is ``torch.utils.data.default_collate`` plus one rule: a batch field of stored
-files (:class:`~benchkit.data.sample.ChunkFile`) becomes a :class:`FileBatch`, the files'
-bytes packed once into one uint8 tensor (allocated in shared memory inside a worker) with their
-offsets and names. The training process then reads them in place: no pickling of the bytes, no
-copy through the pipe. ``StreamingDataLoader`` uses it unless given another ``collate_fn``.
+files (:class:`~benchkit.data.sample.ChunkFile`) becomes a :class:`FileBatch`, which crosses
+without its bytes:
+
+- files read from a memory-mapped chunk (every local or cached chunk) cross as references,
+  ``(chunk file, inode, offset, size)``: the training process maps the same file and the
+  batch's files are views of the same page cache the worker read (and verified). Nothing is
+  copied at all; a chunk file replaced in between (another inode) is refused, not misread;
+- other files are packed once into one uint8 tensor allocated in shared memory, of which only a
+  handle crosses.
+
+``StreamingDataLoader`` uses it unless given another ``collate_fn``. References only make
+sense on the machine that made them: pickle ``batch.data`` to send bytes elsewhere.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,18 +32,62 @@ from torch.utils.data._utils.collate import collate as _collate
 from torch.utils.data._utils.collate import default_collate_fn_map
 
 from benchkit.data.sample import ChunkFile
+from benchkit.errors import CorruptChunk, DataError
 
 __all__ = ["FileBatch", "collate"]
+
+#: chunk files the training process keeps mapped for batches of references (least recently used
+#: go first; views still held keep their mapping alive)
+MAX_MAPPED = 64
+_mapped: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
+_mapped_lock = threading.Lock()
+
+
+def _mapping(path: str, inode: int) -> memoryview:
+    """A read-only view of chunk file ``path``, which must still be the file of ``inode``."""
+    key = (path, inode)
+    with _mapped_lock:
+        view = _mapped.get(key)
+        if view is not None:
+            _mapped.move_to_end(key)
+            return view
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_ino != inode:
+                raise CorruptChunk(
+                    f"chunk file {path} was replaced while a batch read from it was on its way "
+                    "from a DataLoader worker; start the epoch again"
+                )
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    except FileNotFoundError as e:
+        raise DataError(
+            f"chunk file {path} disappeared while a batch read from it was on its way from a "
+            "DataLoader worker (was the chunk cache cleared?)"
+        ) from e
+    with _mapped_lock:
+        _mapped[key] = view
+        while len(_mapped) > MAX_MAPPED:
+            _mapped.popitem(last=False)
+    return view
+
+
+def _referenced(path: str, inode: int, at: int, size: int, name: str) -> ChunkFile:
+    view = _mapping(path, inode)
+    if at < 0 or at + size > len(view):
+        raise CorruptChunk(
+            f"chunk file {path}: a batch refers to bytes {at}-{at + size} past its end"
+        )
+    return ChunkFile(view[at : at + size], name, (path, inode, at))
 
 
 class FileBatch:
     """A batch field of stored files: ``len(batch)`` :class:`ChunkFile` objects.
 
-    ``batch[i]`` is the i-th file (a view, no copy). Made in a DataLoader worker, the files'
-    bytes are packed into :attr:`data` (uint8, in shared memory) with :attr:`offsets` and
-    :attr:`names`; made in the training process itself (``num_workers=0``) it simply holds the
-    files, which are views of the memory-mapped chunks: zero copies. :meth:`tensors` gives each
-    file as a uint8 tensor (for ``torchvision.io.decode_jpeg``).
+    ``batch[i]`` is the i-th file, a view (no copy) of the memory-mapped chunk it was read from,
+    in whichever process it is used (see the module docstring for how it crosses from a worker).
+    Files that came from elsewhere are packed into :attr:`data` (uint8, shared memory) with
+    :attr:`offsets`; :attr:`data`/:attr:`offsets` pack any batch on demand, and
+    :meth:`tensors` gives each file as a uint8 tensor (for ``torchvision.io.decode_jpeg``).
     """
 
     def __init__(
@@ -42,13 +97,29 @@ class FileBatch:
         data: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
         names: list[str] | None = None,
+        refs: list[tuple[str, int, int, int]] | None = None,
     ) -> None:
+        self._refs = refs
+        if refs is not None and names is not None:
+            files = [
+                _referenced(path, inode, at, size, name)
+                for (path, inode, at, size), name in zip(refs, names, strict=True)
+            ]
         self._files = files
         self._data = data
         self._offsets = offsets
         self._names = names if names is not None else [f.name for f in files or ()]
         self._bounds: list[int] | None = offsets.tolist() if offsets is not None else None
         self._view: memoryview | None = None
+
+    @classmethod
+    def for_transfer(cls, files: list[ChunkFile]) -> FileBatch:
+        """The batch as a worker sends it: references when every file has an origin in a
+        mapped chunk, else packed into shared memory."""
+        if all(f.origin is not None for f in files):
+            refs = [(*f.origin, len(f)) for f in files]  # type: ignore[misc]
+            return cls(files, refs=refs)
+        return cls.pack(files)
 
     @classmethod
     def pack(cls, files: list[ChunkFile]) -> FileBatch:
@@ -118,6 +189,8 @@ class FileBatch:
         return FileBatch(data=self.data.pin_memory(), offsets=self.offsets, names=self._names)
 
     def __reduce__(self) -> Any:
+        if self._refs is not None:
+            return (_from_refs, (self._refs, self._names))
         return (_unpack, (self.data, self.offsets, self._names))
 
     def __repr__(self) -> str:
@@ -128,10 +201,17 @@ def _unpack(data: torch.Tensor, offsets: torch.Tensor, names: list[str]) -> File
     return FileBatch(data=data, offsets=offsets, names=names)
 
 
+def _from_refs(refs: list[tuple[str, int, int, int]], names: list[str]) -> FileBatch:
+    return FileBatch(refs=refs, names=names)
+
+
 def _collate_files(batch: list[ChunkFile], *, collate_fn_map: Any = None) -> FileBatch:
-    # in a worker the bytes must cross to the training process: pack them in shared memory;
-    # in the training process itself the files already are views of the mapped chunks
-    return FileBatch.pack(batch) if get_worker_info() is not None else FileBatch(list(batch))
+    # in a worker the files must cross to the training process: as references to the mapped
+    # chunks, or packed in shared memory; in the training process itself they already are
+    # views of the mapped chunks
+    return (
+        FileBatch.for_transfer(batch) if get_worker_info() is not None else FileBatch(list(batch))
+    )
 
 
 _COLLATE_MAP = {**default_collate_fn_map, ChunkFile: _collate_files}

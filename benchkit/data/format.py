@@ -322,7 +322,7 @@ def _decode_buffer(buf: memoryview, pos: int) -> tuple[bytes, tuple[int, ...], b
     return name, shape, bytearray(buf[pos:end]), end
 
 
-def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
+def _decode(buf: memoryview, pos: int, origin: Any = None) -> tuple[Any, int]:
     tag = buf[pos]
     pos += 1
     if tag in (TUPLE, LIST):
@@ -330,7 +330,7 @@ def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
         pos += 4
         items = []
         for _ in range(n):
-            v, pos = _decode(buf, pos)
+            v, pos = _decode(buf, pos, origin)
             items.append(v)
         return (tuple(items) if tag == TUPLE else items), pos
     if tag == INT:
@@ -343,7 +343,8 @@ def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
         pos += 8
         if pos + size > len(buf):
             raise ValueError("file runs past the record")
-        return ChunkFile(buf[pos : pos + size], name), pos + size
+        where = None if origin is None else (origin[0], origin[1], origin[2] + pos)
+        return ChunkFile(buf[pos : pos + size], name, where), pos + size
     if tag == TENSOR:
         import torch
 
@@ -383,8 +384,8 @@ def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
         pos += 4
         d = {}
         for _ in range(n):
-            k, pos = _decode(buf, pos)
-            d[k], pos = _decode(buf, pos)
+            k, pos = _decode(buf, pos, origin)
+            d[k], pos = _decode(buf, pos, origin)
         return d, pos
     if tag == BIGINT:
         (n,) = _U32.unpack_from(buf, pos)
@@ -393,14 +394,14 @@ def _decode(buf: memoryview, pos: int) -> tuple[Any, int]:
     raise ValueError(f"unknown type tag {tag} at byte {pos - 1}")
 
 
-def decode_sample(buf: memoryview | bytes) -> Any:
+def decode_sample(buf: memoryview | bytes, origin: tuple[str, int, int] | None = None) -> Any:
     """The sample a record encodes (tuple, list or dict as written).
 
     Raises ``ValueError`` or ``struct.error`` on a malformed record; :class:`ChunkReader` turns
     those into :class:`CorruptChunk` naming the chunk.
     """
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-    value, end = _decode(mv, 0)
+    value, end = _decode(mv, 0, origin)
     if end != len(mv):
         raise ValueError(f"record has {len(mv) - end} trailing bytes")
     return value
@@ -639,6 +640,7 @@ class ChunkReader:
                         f"the file is truncated ({size} bytes, smaller than a header)"
                     )
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._ident = (str(self.path), os.fstat(f.fileno()).st_ino)
         except FileNotFoundError as e:
             raise CorruptChunk(f"chunk {self.label}: file {self.path} is missing") from e
         self._buf = memoryview(self._mm)
@@ -759,8 +761,11 @@ class ChunkReader:
 
     def __getitem__(self, i: int) -> Any:
         rec = self.raw(i)
+        # where the record sits in the file: a stored file's bytes can then be shared with
+        # another process as (file, inode, offset) instead of a copy (see batch.FileBatch)
+        origin = (*self._ident, self._offsets[i % self._count])
         try:
-            return decode_sample(rec)
+            return decode_sample(rec, origin)
         except (
             ValueError,
             struct.error,

@@ -69,8 +69,15 @@ class ChunkFile(io.RawIOBase):
     batch's shared memory.
     """
 
-    def __init__(self, data: bytes | bytearray | memoryview, name: str) -> None:
+    def __init__(
+        self,
+        data: bytes | bytearray | memoryview,
+        name: str,
+        origin: tuple[str, int, int] | None = None,
+    ) -> None:
         super().__init__()
+        #: (chunk file, its inode, offset of these bytes in it) when read from a mapped chunk
+        self.origin = origin
         view = memoryview(data)
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
