@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/run.sh            # full setting: 10,000 images (~1 GB), 3 repeats (~1 hour on 2 cores)
 #   bash benchmarks/run.sh --quick    # 1,000 images (~100 MB), 1 repeat (a few minutes)
+#   BENCH_REPEATS=2 bash benchmarks/run.sh   # the full setting with another number of repeats
 #
 # Creates benchmarks/.venv on first use (its own environment, so the peer libraries'
 # dependencies never touch the project's), with BenchKit installed editable from this checkout.
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 
 QUICK=()
 if [[ "${1:-}" == "--quick" ]]; then QUICK=(--quick); fi
+REP=()
+if [[ -n "${BENCH_REPEATS:-}" ]]; then REP=(--repeats "$BENCH_REPEATS"); fi
 
 VENV=benchmarks/.venv
 PY=$VENV/bin/python
@@ -26,12 +29,12 @@ fi
 
 set -x
 $PY benchmarks/make_data.py "${QUICK[@]}"
-$PY benchmarks/convert.py "${QUICK[@]}"
-$PY benchmarks/stream.py "${QUICK[@]}"
-$PY benchmarks/limit.py "${QUICK[@]}"
-$PY benchmarks/resume.py "${QUICK[@]}"
-$PY benchmarks/first_batch.py "${QUICK[@]}"
-$PY benchmarks/train_overhead.py "${QUICK[@]}"
+$PY benchmarks/convert.py "${QUICK[@]}" "${REP[@]}"
+$PY benchmarks/stream.py "${QUICK[@]}" "${REP[@]}"
+$PY benchmarks/limit.py "${QUICK[@]}" "${REP[@]}"
+$PY benchmarks/resume.py "${QUICK[@]}" "${REP[@]}"
+$PY benchmarks/first_batch.py "${QUICK[@]}" "${REP[@]}"
+$PY benchmarks/train_overhead.py "${QUICK[@]}" "${REP[@]}"
 if [[ ${#QUICK[@]} -eq 0 ]]; then
     $PY benchmarks/report.py --write-doc
 else
