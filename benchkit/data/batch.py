@@ -38,7 +38,7 @@ __all__ = ["FileBatch", "collate"]
 
 #: chunk files the training process keeps mapped for batches of references (least recently used
 #: go first; views still held keep their mapping alive)
-MAX_MAPPED = 64
+MAX_MAPPED = 16
 _mapped: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
 _mapped_lock = threading.Lock()
 
