@@ -91,6 +91,13 @@ class MixedDataset(IterableDataset):
             )
         if epoch_samples is not None and int(epoch_samples) < 1:
             raise DataError(f"mix: epoch_samples must be >= 1, got {epoch_samples}")
+        for name, ds in datasets.items():
+            if type(ds)._data_iterator is not IterableChunk._data_iterator:
+                raise DataError(
+                    f"mix: dataset '{name}' streams through {type(ds).__name__}, whose "
+                    "_data_iterator override mixing cannot apply (it reads each dataset by "
+                    "position); do that work in a transform (@dataset.transform, or transforms=)"
+                )
         self.names = list(weights)
         self.weights = [float(weights[n]) for n in self.names]
         self.datasets = [datasets[n] for n in self.names]

@@ -148,7 +148,15 @@ def test_resume_with_another_world_size_loses_and_repeats_nothing(url, old_world
     assert sum(counts.values()) - total == (-(total - len(consumed))) % new_world  # padding only
 
 
+class Doubled(bench.IterableChunk):
+    def _data_iterator(self):
+        for i, name in super()._data_iterator():
+            yield 2 * i, name
+
+
 def test_bad_mixes_are_refused_with_a_clear_message(url):
+    with pytest.raises(DataError, match="_data_iterator override"):
+        bench.mix(WEIGHTS, url, dataset_options={"a": {"chunk_class": Doubled}})
     with pytest.raises(DataError, match="positive"):
         bench.mix({"a": 0.7, "b": 0}, url)
     with pytest.raises(DataError, match="at least one dataset"):
