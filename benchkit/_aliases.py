@@ -37,7 +37,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "ProcessorDataset": "benchkit.data.classic",
         "IterableChunk": "benchkit.data.stream",
     },
-    "BenchKit.Data.Helpers": {"get_dataset": "benchkit.data.stream"},
+    "BenchKit.Data.Helpers": {"get_dataset": "benchkit.data.loader"},
     "BenchKit.Train": {},
     "BenchKit.Train.Helpers": {
         "get_accelerator": "benchkit.training.helpers",
