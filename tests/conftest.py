@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from serverkit import bench_server, pg_server, postgres, sqlite_server, use_project  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -122,11 +123,14 @@ def s3_store_url(moto_server, s3_bucket):
         "memory",
         "tensorstore-file",
         pytest.param("s3", marks=pytest.mark.s3),
+        pytest.param("http", marks=pytest.mark.server),
+        pytest.param("http-pg", marks=pytest.mark.server),
     ]
 )
 def store_url(request, tmp_path):
     """A URL for an empty store of each backend in turn: a local directory, ``memory://``
-    (a fresh name), ``tensorstore+file://`` and S3 on moto (a fresh bucket)."""
+    (a fresh name), ``tensorstore+file://``, S3 on moto (a fresh bucket) and a Bench server on
+    SQLite and on PostgreSQL (a fresh project, its key in ``BENCHKIT_API_KEY``)."""
     import uuid
 
     if request.param == "local":
@@ -135,4 +139,8 @@ def store_url(request, tmp_path):
         return f"memory://test-{uuid.uuid4().hex[:12]}"
     if request.param == "tensorstore-file":
         return f"tensorstore+file://{tmp_path / 'ts-store'}"
+    if request.param.startswith("http"):
+        server = request.getfixturevalue("pg_server" if request.param == "http-pg" else "sqlite_server")
+        use_project(request.getfixturevalue("monkeypatch"), server)
+        return server.url
     return request.getfixturevalue("s3_store_url")

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "benchkit.cli.code",
     "benchkit.cli.data",
     "benchkit.cli.remote",
+    "benchkit.cli.server",
 ]
 
 LOGO = r"""[bold cyan]

@@ -1,20 +1,434 @@
-"""Seam for the Bench server backend (``http(s)://``), which the server issue implements.
+"""A Bench server as a store (``http://host:port``, ``https://host[/path]``).
 
-The server exposes the same key layout over a blob API; this client will implement
-:class:`benchkit.store.base.Store` with ``requests`` and the API key from the credentials file.
+The server keeps each project's objects under its own prefix and exposes them through
+``/api/v1/blobs``; the project comes from the API key (see :mod:`benchkit.api_client` for
+credentials, retries and errors). Every method of :class:`~benchkit.store.base.Store` maps to
+one or a few requests:
+
+===================  ==================================================================
+``put``              ``PUT /blobs/<key>`` with ``X-Content-SHA256``: the server stores the
+                     object only if the bytes it received hash to that value
+``put_file``         the same up to ``part_size`` (default 32 MiB); larger or unsized
+                     sources (pipes) go through an upload session, one part at a time,
+                     resumed at the server's offset after a dropped connection or a server
+                     restart, then completed with the sha256 of the whole
+``get`` / range      ``GET /blobs/<key>`` (``Range: bytes=a-b``)
+``get_file``         one streamed GET into a temporary file, renamed when whole
+``stat`` / exists    ``HEAD /blobs/<key>``
+``list``             ``GET /blobs?prefix=`` (pages of 1000 keys)
+``delete[_prefix]``  ``DELETE /blobs/<key>``, ``DELETE /blobs?prefix=``
+===================  ==================================================================
+
+Memory: one part (``put_file``) or one 1 MiB block (``get_file``) per call, whatever the
+object's size. Processes: the store pickles as its URL and key (spawned DataLoader workers
+reopen it) and a forked child opens its own connections, so it is fork-safe.
+
+Keys follow :func:`~benchkit.store.base.check_key` plus what HTTP needs
+(:func:`check_remote_key`): at most 1024 bytes (255 per segment), no control characters
+and no percent-escapes, so a key means the same thing before and after URL decoding.
 """
 
 from __future__ import annotations
 
-from benchkit.errors import UnsupportedStoreURL
+import hashlib
+import os
+import re
+import select
+import stat as stat_module
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+from benchkit.api_client import ApiClient, Catalog, find_credentials, normalize_url
+from benchkit.errors import InvalidKey, StoreConnectionError, StoreError
+from benchkit.store.base import (
+    DEFAULT_PART_SIZE,
+    ObjectInfo,
+    Store,
+    atomic_file,
+    check_key,
+    check_prefix,
+)
+
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+LIST_PAGE = 1000
+DOWNLOAD_BLOCK = 1024 * 1024
+#: a pipe's part is sent early once it holds this much and the producer pauses
+MIN_STREAM_PART = 1024 * 1024
+STREAM_PAUSE_S = 0.2
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class HttpStore:
-    """Placeholder that fails clearly until the Bench server backend lands."""
+def check_remote_key(key: str) -> str:
+    """``check_key`` plus the limits of keys that travel in URLs."""
+    check_key(key)
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKey(f"invalid store key {key[:60]!r}...: longer than {MAX_KEY_BYTES} bytes")
+    if any(len(seg.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for seg in key.split("/")):
+        raise InvalidKey(
+            f"invalid store key {key[:60]!r}: a segment is longer than {MAX_SEGMENT_BYTES} bytes"
+        )
+    if _CONTROL.search(key):
+        raise InvalidKey(f"invalid store key {key!r}: control characters are not allowed")
+    if _ESCAPE.search(key):
+        raise InvalidKey(
+            f"invalid store key {key!r}: percent-escapes such as %2e are not allowed in keys"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"invalid store key {key!r}: not valid Unicode") from None
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    check_prefix(prefix)
+    if prefix:
+        check_remote_key(prefix.rstrip("/") or "x")
+    return prefix
+
+
+class HttpStore(Store):
+    """The objects of one Bench server project."""
+
+    fork_safe = True
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        project_id: str | None = None,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        resume_s: float | None = None,
+    ) -> None:
+        self.client = ApiClient(url, api_key, project_id)
+        self.url = self.client.url
+        self.part_size = part_size
+        #: how long a large upload keeps resuming after connection failures
+        self.resume_s = float(
+            os.environ.get("BENCHKIT_HTTP_RESUME_S", 120) if resume_s is None else resume_s
+        )
 
     @classmethod
-    def from_url(cls, url: str) -> HttpStore:
-        raise UnsupportedStoreURL(
-            f"store {url}: the Bench server backend (http/https) is not available in this "
-            "version of BenchKit yet; use a directory, s3:// or gs:// store"
+    def from_url(cls, url: str, part_size: int = DEFAULT_PART_SIZE) -> HttpStore:
+        """Open ``url`` with the credentials of :func:`benchkit.api_client.find_credentials`."""
+        url = normalize_url(url)
+        creds = find_credentials(url)
+        return cls(url, creds.api_key, creds.project_id, part_size=part_size)
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _blob(self, key: str) -> str:
+        return self.client.path("blobs", check_remote_key(key))
+
+    def _req(self, method: str, url: str, **kw: Any) -> requests.Response:
+        return self.client.request(method, url, **kw)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        url = self._blob(key)
+        if len(data) > self.part_size:
+            self._upload(key, _BytesSource(memoryview(data)))
+            return
+        body = bytes(data)
+        self._req(
+            "PUT",
+            url,
+            data=body,
+            headers={"X-Content-SHA256": hashlib.sha256(body).hexdigest(),
+                     "Content-Type": "application/octet-stream"},
+            what=f"writing '{key}'",
+        )  # fmt: skip
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        self._blob(key)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError as e:
+            raise StoreError(f"cannot upload {path} to '{key}': the file does not exist") from e
+        except OSError as e:
+            raise StoreError(f"cannot upload {path} to '{key}' in store {self.url}: {e}") from e
+        with f:
+            st = os.fstat(f.fileno())
+            regular = stat_module.S_ISREG(st.st_mode)
+            if regular and st.st_size <= self.part_size:
+                self.put(key, f.read())
+                return
+            self._upload(key, _FileSource(f) if regular else _StreamSource(f))
+
+    def _upload(self, key: str, source: _Source) -> None:
+        """An upload session: parts in order, resumed at the server's offset, then complete."""
+        session = self.client.json(
+            "POST", "uploads", json={"key": key}, expect=(201,), what=f"uploading '{key}'"
         )
+        upload_id, offset = session["id"], 0
+        deadline = time.monotonic() + self.resume_s
+        while True:
+            block = source.block(offset, self.part_size)
+            if not block:
+                break
+            offset = self._send_part(key, upload_id, offset, block, source, deadline)
+        sha = source.sha256(offset)
+        self._retrying(
+            deadline,
+            lambda: self.client.request(
+                "POST",
+                self.client.path("uploads", upload_id, "complete"),
+                json={"sha256": sha, "size": offset},
+                timeout=(5, 3600),
+                what=f"completing the upload of '{key}'",
+            ),
+        )
+
+    def _send_part(
+        self, key: str, upload_id: str, offset: int, block: bytes, source: _Source, deadline: float
+    ) -> int:
+        """Send ``block`` at ``offset``; after a failure ask the server what it has and go on
+        from there. Returns the new offset."""
+        url = self.client.path("uploads", upload_id)
+        while True:
+            try:
+                self.client.request(
+                    "PUT",
+                    url,
+                    params={"offset": offset},
+                    data=block,
+                    headers={"Content-Type": "application/octet-stream"},
+                    what=f"uploading '{key}'",
+                )
+                return offset + len(block)
+            except StoreConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            except StoreError as e:
+                if "does not follow" not in str(e) or time.monotonic() > deadline:
+                    raise
+            received = self._retrying(
+                deadline, lambda: self.client.json("GET", "uploads", upload_id)
+            )["received"]
+            if received == offset + len(block):
+                return received  # the part arrived; its answer was lost
+            if received != offset:
+                source.rewind(received)  # the server has less (or more) than we thought
+                return received
+
+    def _retrying(self, deadline: float, call: Any) -> Any:
+        """``call()``, repeated with backoff on connection errors until ``deadline``."""
+        delay = 0.25
+        while True:
+            try:
+                return call()
+            except StoreConnectionError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        resp = self._req("GET", self._blob(key), expect=(200, 404), what=f"reading '{key}'")
+        if resp.status_code == 404:
+            raise self.not_found(key)
+        return resp.content
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if start < 0 or end < start:
+            raise ValueError(f"invalid byte range [{start}, {end}) for '{key}'")
+        if end == start:
+            self.stat(key)
+            return b""
+        resp = self._req(
+            "GET",
+            self._blob(key),
+            headers={"Range": f"bytes={start}-{end - 1}"},
+            expect=(200, 206, 404, 416),
+            what=f"reading '{key}'",
+        )
+        if resp.status_code == 404:
+            raise self.not_found(key)
+        if resp.status_code == 416:
+            return b""
+        if resp.status_code == 200:
+            return resp.content[start:end]
+        return resp.content
+
+    def get_file(self, key: str, dest: str | os.PathLike[str]) -> Path:
+        dest = Path(dest)
+        url = self._blob(key)
+        for attempt in range(3):
+            try:
+                with self._req(
+                    "GET", url, stream=True, expect=(200, 404), what=f"reading '{key}'"
+                ) as resp:
+                    if resp.status_code == 404:
+                        raise self.not_found(key)
+                    expected = int(resp.headers.get("Content-Length", -1))
+                    with atomic_file(dest) as out:
+                        n = 0
+                        for block in resp.iter_content(DOWNLOAD_BLOCK):
+                            out.write(block)
+                            n += len(block)
+                        if expected >= 0 and n != expected:
+                            raise StoreConnectionError(
+                                f"the download of '{key}' from {self.url} was cut short"
+                            )
+                return dest
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+                if attempt == 2:
+                    raise self.client.unreachable(e) from None
+            except StoreConnectionError:
+                if attempt == 2:
+                    raise
+            time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- metadata ------------------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectInfo:
+        resp = self._req("HEAD", self._blob(key), expect=(200, 404), what=f"reading '{key}'")
+        if resp.status_code == 404:
+            raise self.not_found(key)
+        return ObjectInfo(
+            key, int(resp.headers.get("X-Object-Size") or resp.headers["Content-Length"])
+        )
+
+    def list(self, prefix: str = "") -> list[str]:
+        _check_prefix(prefix)
+        keys: list[str] = []
+        after = ""
+        while True:
+            page = self.client.json(
+                "GET",
+                "blobs",
+                params={"prefix": prefix, "after": after, "limit": LIST_PAGE},
+                what=f"listing '{prefix}'",
+            )
+            keys.extend(page["keys"])
+            after = page.get("next")
+            if not after:
+                return keys
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        _check_prefix(prefix)
+        return self.client.json("GET", "blob-dirs", params={"prefix": prefix})["names"]
+
+    def uploads(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Unfinished upload sessions of keys under ``prefix`` (``id``, ``key``, ``received``):
+        what killed writers left, cleared by ``delete_prefix``."""
+        _check_prefix(prefix)
+        return self.client.json("GET", "uploads", params={"prefix": prefix})["uploads"]
+
+    # --- deleting ------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> bool:
+        return bool(
+            self.client.request("DELETE", self._blob(key), what=f"deleting '{key}'").json()[
+                "deleted"
+            ]
+        )
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise InvalidKey("refusing to delete an empty prefix (the whole store)")
+        _check_prefix(prefix)
+        return int(
+            self.client.json(
+                "DELETE", "blobs", params={"prefix": prefix}, what=f"deleting '{prefix}'"
+            )["deleted"]
+        )
+
+
+# --- sources of an upload session --------------------------------------------------------------
+
+
+class _Source:
+    """Bytes to upload, read one part at a time; keeps the running sha256 of what was read."""
+
+    #: False when bytes cannot be read again (a pipe): an upload can then only go forward
+    seekable = True
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._hashed = 0
+
+    def block(self, offset: int, size: int) -> bytes:
+        data = self._read(offset, size)
+        if offset == self._hashed:
+            self._hash.update(data)
+            self._hashed += len(data)
+        return data
+
+    def sha256(self, size: int) -> str:
+        assert self._hashed == size, (self._hashed, size)
+        return self._hash.hexdigest()
+
+    def rewind(self, offset: int) -> None:
+        """Go back (or forward) to ``offset``, the bytes the server holds."""
+        if not self.seekable:
+            raise StoreError(
+                f"the server holds {offset} bytes of this upload, not what was sent, and the "
+                "source (a pipe) cannot be read again; upload it again"
+            )
+        self._hash, self._hashed = hashlib.sha256(), 0
+        for pos in range(0, offset, DEFAULT_PART_SIZE):
+            self.block(pos, min(DEFAULT_PART_SIZE, offset - pos))
+
+    def _read(self, offset: int, size: int) -> bytes:
+        raise NotImplementedError
+
+
+class _FileSource(_Source):
+    """A regular file, read at any offset."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self.f = f
+
+    def _read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.f.fileno(), size, offset)
+
+
+class _StreamSource(_Source):
+    """A pipe or socket: read once, in order. A part is sent when it is full, or when it holds
+    at least ``MIN_STREAM_PART`` bytes and the producer has paused, so a slow producer's bytes
+    reach the server as they come (and a part is kept in memory until it is sent)."""
+
+    seekable = False
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self.fd = f.fileno()
+
+    def _read(self, offset: int, size: int) -> bytes:
+        chunks, n = [], 0
+        while n < size:
+            if n >= MIN_STREAM_PART and not select.select([self.fd], [], [], STREAM_PAUSE_S)[0]:
+                break
+            chunk = os.read(self.fd, min(size - n, 4 * 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+        return b"".join(chunks)
+
+
+class _BytesSource(_Source):
+    def __init__(self, data: memoryview) -> None:
+        super().__init__()
+        self.data = data
+
+    def _read(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset : offset + size])

@@ -9,6 +9,7 @@ import pytest
 
 from benchkit.store import LocalStore, Store, open_store
 from benchkit.store.base import is_hidden
+from benchkit.store.http import HttpStore
 from benchkit.store.tensorstore import TensorStoreStore
 
 MiB = 1024 * 1024
@@ -20,6 +21,8 @@ def open_test_store(url: str, part_size: int = PART) -> Store:
     """Open ``url`` as the suite does: tensorstore backends with ``part_size`` parts."""
     if url.startswith(("memory://", "tensorstore+file://", "s3://", "gs://")):
         return TensorStoreStore.from_url(url, part_size=part_size)
+    if url.startswith(("http://", "https://")):
+        return HttpStore.from_url(url, part_size=part_size)
     return open_store(url)
 
 
@@ -32,7 +35,10 @@ def store(store_url):
 
 
 def _hidden_bytes(store: Store) -> int:
-    """Bytes the store holds under hidden names (temporary files, parts), which listing hides."""
+    """Bytes the store holds under hidden names (temporary files, parts), which listing hides;
+    for a Bench server, the bytes of its unfinished upload sessions."""
+    if isinstance(store, HttpStore):
+        return sum(u["received"] for u in store.uploads())
     if isinstance(store, LocalStore):
         total = 0
         for dirpath, _, files in os.walk(store.root):

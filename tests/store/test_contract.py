@@ -442,12 +442,6 @@ def test_dead_s3_endpoint_fails_fast_naming_it(monkeypatch):
         assert "BENCHKIT_S3_ENDPOINT" in msg
 
 
-def test_http_seam_raises_a_clear_error():
-    with pytest.raises(UnsupportedStoreURL, match="Bench server") as info:
-        open_store("http://127.0.0.1:8000")
-    assert "http://127.0.0.1:8000" in str(info.value)
-
-
 @pytest.mark.parametrize("url", ["ftp://host/x", "azure://container/x", "s4://b/p"])
 def test_unsupported_scheme_lists_supported_ones(url):
     with pytest.raises(UnsupportedStoreURL) as info:

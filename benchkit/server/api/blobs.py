@@ -1,0 +1,152 @@
+"""``/api/v1/blobs``: the store contract over HTTP, within the caller's project."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from benchkit.server.api.body import RAW_BODY, ClientDisconnect, content_length, drain, parse_range
+from benchkit.server.api.deps import API, Reader, ServicesDep, Writer
+
+router = APIRouter(prefix=API, tags=["blobs"])
+
+Prefix = Annotated[str, Query(max_length=1100, description="a plain string prefix of keys")]
+
+
+class Stored(BaseModel):
+    key: str
+    size: int
+
+
+class KeyPage(BaseModel):
+    keys: list[str]
+    #: pass as ``after`` for the next page; null on the last one
+    next: str | None
+
+
+class Names(BaseModel):
+    names: list[str]
+
+
+class Deleted(BaseModel):
+    deleted: bool
+
+
+class DeletedCount(BaseModel):
+    deleted: int
+
+
+@router.put("/blobs/{key:path}", response_model=Stored, openapi_extra=RAW_BODY)
+async def put_blob(
+    key: str,
+    request: Request,
+    principal: Writer,
+    services: ServicesDep,
+    x_content_sha256: Annotated[str | None, Header(description="SHA-256 of the body, hex")] = None,
+) -> Stored | Response:
+    """Store the body under ``key``; it becomes visible only if it hashes to the declared
+    SHA-256 (a replaced object is swapped atomically)."""
+    blobs = services.blobs
+    length = content_length(request)
+    sink = await to_thread.run_sync(
+        blobs.begin_put, principal.project_id, key, x_content_sha256, length
+    )
+    try:
+        await drain(request, sink.write)
+    except ClientDisconnect:
+        blobs.abort(sink)
+        return Response(status_code=400)
+    except BaseException:
+        blobs.abort(sink)  # cancelled at shutdown, or over the size limit: nothing is kept
+        raise
+    size = await to_thread.run_sync(
+        blobs.finish_put, principal.project_id, key, sink, x_content_sha256, length
+    )
+    return Stored(key=key, size=size)
+
+
+def _object_headers(size: int) -> dict[str, str]:
+    return {
+        "Accept-Ranges": "bytes",
+        "X-Object-Size": str(size),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": "attachment",
+    }
+
+
+@router.get(
+    "/blobs/{key:path}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 416: {}},
+)
+def get_blob(
+    key: str,
+    principal: Reader,
+    services: ServicesDep,
+    range: Annotated[str | None, Header(description="bytes=START-END (one range)")] = None,
+) -> Response:
+    """The object's bytes, or one range of them (``Range: bytes=a-b``)."""
+    plan = services.blobs.read(principal.project_id, key)
+    headers = _object_headers(plan.size)
+    wanted = parse_range(range, plan.size)
+    if wanted is False:
+        headers["Content-Range"] = f"bytes */{plan.size}"
+        return Response(status_code=416, headers=headers)
+    if wanted is None:
+        start, end, status = 0, plan.size, 200
+    else:
+        start, end = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
+    headers["Content-Length"] = str(end - start)
+    return StreamingResponse(
+        plan.open(start, end),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+@router.head("/blobs/{key:path}")
+def head_blob(key: str, principal: Reader, services: ServicesDep) -> Response:
+    """The object's size (``Content-Length`` and ``X-Object-Size``); 404 when absent."""
+    size = services.blobs.stat(principal.project_id, key)
+    headers = _object_headers(size)
+    headers["Content-Length"] = str(size)
+    return Response(status_code=200, headers=headers, media_type="application/octet-stream")
+
+
+@router.delete("/blobs/{key:path}", response_model=Deleted)
+def delete_blob(key: str, principal: Writer, services: ServicesDep) -> Deleted:
+    """Delete one object; ``deleted`` is false when there was none."""
+    return Deleted(deleted=services.blobs.delete(principal.project_id, key))
+
+
+@router.get("/blobs", response_model=KeyPage)
+def list_blobs(
+    principal: Reader,
+    services: ServicesDep,
+    prefix: Prefix = "",
+    after: Annotated[str, Query(max_length=1100)] = "",
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> KeyPage:
+    """Keys starting with ``prefix``, sorted, one page at a time."""
+    keys, nxt = services.blobs.list(principal.project_id, prefix, after, limit)
+    return KeyPage(keys=keys, next=nxt)
+
+
+@router.delete("/blobs", response_model=DeletedCount)
+def delete_blobs(principal: Writer, services: ServicesDep, prefix: Prefix) -> DeletedCount:
+    """Delete every object whose key starts with ``prefix`` (which may not be empty), and
+    the unfinished uploads of keys under it."""
+    return DeletedCount(deleted=services.blobs.delete_prefix(principal.project_id, prefix))
+
+
+@router.get("/blob-dirs", response_model=Names)
+def list_dirs(principal: Reader, services: ServicesDep, prefix: Prefix = "") -> Names:
+    """The distinct next path segments below ``prefix``."""
+    return Names(names=services.blobs.list_dirs(principal.project_id, prefix))

@@ -1,0 +1,116 @@
+"""``/api/v1/uploads``: resumable upload sessions for large objects.
+
+``POST /uploads {"key"}`` opens one; ``PUT /uploads/{id}?offset=N`` appends a part at the
+offset the server holds (``GET /uploads/{id}`` says which); ``POST /uploads/{id}/complete
+{"sha256", "size"}`` checks the whole and makes it the object; ``DELETE`` aborts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from benchkit.server.api.blobs import Prefix, Stored
+from benchkit.server.api.body import RAW_BODY, ClientDisconnect, content_length, drain
+from benchkit.server.api.deps import API, Reader, ServicesDep, Writer
+from benchkit.server.services.blobs import UploadInfo
+
+router = APIRouter(prefix=API, tags=["uploads"])
+
+UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+
+
+class NewUpload(BaseModel):
+    key: str = Field(max_length=1100)
+
+
+class Upload(BaseModel):
+    id: str
+    key: str
+    received: int
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class Uploads(BaseModel):
+    uploads: list[Upload]
+
+
+class Complete(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    size: int = Field(ge=0)
+
+
+def _out(u: UploadInfo) -> Upload:
+    return Upload(**u.__dict__)
+
+
+@router.post("/uploads", response_model=Upload, status_code=201)
+def create_upload(body: NewUpload, principal: Writer, services: ServicesDep) -> Upload:
+    """Open an upload session for ``key``."""
+    return _out(services.blobs.create_upload(principal.project_id, body.key))
+
+
+@router.get("/uploads", response_model=Uploads)
+def list_uploads(principal: Reader, services: ServicesDep, prefix: Prefix = "") -> Uploads:
+    """Unfinished sessions of keys starting with ``prefix``."""
+    return Uploads(
+        uploads=[_out(u) for u in services.blobs.list_uploads(principal.project_id, prefix)]
+    )
+
+
+@router.get("/uploads/{upload_id}", response_model=Upload)
+def get_upload(upload_id: UploadId, principal: Reader, services: ServicesDep) -> Upload:
+    """A session, with the bytes the server holds (``received``): resume there."""
+    return _out(services.blobs.get_upload(principal.project_id, upload_id))
+
+
+@router.put("/uploads/{upload_id}", response_model=Upload, openapi_extra=RAW_BODY)
+async def put_part(
+    upload_id: UploadId,
+    request: Request,
+    principal: Writer,
+    services: ServicesDep,
+    offset: Annotated[int, Query(ge=0)],
+) -> Upload | Response:
+    """Write the body at ``offset`` (at most ``received``; 409 with ``received`` otherwise)."""
+    blobs = services.blobs
+    length = content_length(request)
+    sink, lock = await to_thread.run_sync(
+        blobs.begin_part, principal.project_id, upload_id, offset, length
+    )
+    try:
+        await drain(request, sink.write)
+    except ClientDisconnect:
+        blobs.abort_part(sink, lock)
+        return Response(status_code=400)
+    except BaseException:
+        blobs.abort_part(sink, lock)
+        raise
+    info = await to_thread.run_sync(
+        blobs.finish_part, principal.project_id, upload_id, sink, lock, length
+    )
+    return _out(info)
+
+
+@router.post("/uploads/{upload_id}/complete", response_model=Stored)
+def complete_upload(
+    upload_id: UploadId, body: Complete, principal: Writer, services: ServicesDep
+) -> Stored:
+    """Check the size and SHA-256 of everything received and make it the object."""
+    blobs = services.blobs
+    key = blobs.get_upload(principal.project_id, upload_id).key
+    size = blobs.complete_upload(principal.project_id, upload_id, body.sha256.lower(), body.size)
+    return Stored(key=key, size=size)
+
+
+@router.delete("/uploads/{upload_id}", status_code=204)
+def abort_upload(upload_id: UploadId, principal: Writer, services: ServicesDep) -> Response:
+    """Abort a session and drop its bytes."""
+    services.blobs.abort_upload(principal.project_id, upload_id)
+    return Response(status_code=204)

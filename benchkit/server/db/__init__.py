@@ -1,0 +1,1 @@
+"""The server's metadata database: models, engine and sessions, migrations."""

@@ -1,0 +1,455 @@
+"""Blobs: the store contract for one project, with uploads verified before they are visible.
+
+Every key a client names is relative to its project and lands at
+``projects/<project id>/<key>`` in the server's store; keys are checked first
+(:func:`benchkit.store.http.check_remote_key`), so none can leave the project.
+
+A single PUT streams its body into a staging file while hashing it; only when the declared
+sha256 and length match does :meth:`Staging.commit` make it the object. Large objects use
+upload sessions: bytes arrive in order (each part at the offset the server reports), each
+part is fsynced before its offset is recorded, and completing checks the sha256 of the whole
+before committing. A part interrupted half way leaves the recorded offset where it was, so
+the client resumes from there. Memory per request is one buffer, whatever the object's size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import delete, select
+
+from benchkit.errors import InvalidKey, ObjectNotFound
+from benchkit.server.db.models import Upload, utcnow
+from benchkit.server.db.session import Database
+from benchkit.server.services.catalog import Catalog, project_prefix
+from benchkit.server.services.errors import BadRequest, Conflict, NotFound, TooLarge
+from benchkit.server.services.staging import Staging
+from benchkit.store import Store
+from benchkit.store.base import check_prefix
+from benchkit.store.http import check_remote_key
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK = 1024 * 1024
+REMOTE_BLOCK = 8 * 1024 * 1024
+MAX_LIST = 10_000
+SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def check_sha256(value: str | None) -> str:
+    v = (value or "").strip().lower()
+    if len(v) != 64 or not set(v) <= SHA256_HEX:
+        raise BadRequest("give the body's SHA-256 as 64 hex digits in the X-Content-SHA256 header")
+    return v
+
+
+def hash_file(path: Path, upto: int) -> hashlib._Hash:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = upto
+        while left > 0:
+            block = f.read(min(READ_BLOCK * 8, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    id: str
+    key: str
+    received: int
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """An object opened for reading: its size, and ``open(start, end)`` giving those bytes in
+    blocks (a local file is already open, so a replace meanwhile cannot mix two objects)."""
+
+    size: int
+    open: Callable[[int, int], Iterator[bytes]]
+
+
+def _upload_info(u: Upload) -> UploadInfo:
+    return UploadInfo(u.id, u.key, u.received, u.state, u.created_at, u.updated_at)
+
+
+class Sink:
+    """Bytes of one request body going into a staging file, hashed and counted as they come."""
+
+    def __init__(self, path: Path, limit: int, offset: int | None = None, h=None) -> None:
+        """A new file, or with ``offset`` an existing one cut at ``offset`` and written on from
+        there (``h`` then holds the hash of the bytes before it)."""
+        self.path = path
+        self.limit = limit
+        self.offset = offset or 0
+        self.count = 0
+        self.hash = h if h is not None else hashlib.sha256()
+        self._f: BinaryIO = open(path, "wb" if offset is None else "r+b")  # noqa: SIM115
+        if offset is not None:
+            self._f.seek(offset)
+            self._f.truncate()
+
+    def write(self, data: bytes) -> None:
+        self.count += len(data)
+        if self.count > self.limit:
+            raise TooLarge(f"the body is larger than the {self.limit} bytes allowed here")
+        self._f.write(data)
+        self.hash.update(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Blobs:
+    """The blob operations of every project over one store."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: Store,
+        staging: Staging,
+        catalog: Catalog,
+        max_put: int,
+        max_upload: int,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.staging = staging
+        self.catalog = catalog
+        self.max_put = max_put
+        self.max_upload = max_upload
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        #: running hash of each upload at its received offset (lost at restart: recomputed)
+        self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def object_key(self, project_id: str, key: str) -> str:
+        try:
+            return project_prefix(project_id) + check_remote_key(key)
+        except InvalidKey as e:
+            raise BadRequest(str(e)) from e
+
+    def _prefix(self, project_id: str, prefix: str) -> str:
+        try:
+            if prefix:
+                check_remote_key(prefix.rstrip("/") or "x")
+            return project_prefix(project_id) + check_prefix(prefix)
+        except InvalidKey as e:
+            raise BadRequest(str(e)) from e
+
+    # --- single PUT ----------------------------------------------------------------------------
+
+    def begin_put(self, project_id: str, key: str, sha256: str | None, length: int | None) -> Sink:
+        """A sink for the body of a PUT to ``key``; pass it to :meth:`finish_put`."""
+        self.object_key(project_id, key)
+        check_sha256(sha256)
+        if length is not None and length > self.max_put:
+            raise TooLarge(
+                f"a single PUT may send at most {self.max_put} bytes; use an upload session "
+                "(POST /api/v1/uploads) for larger objects"
+            )
+        self.staging.check_room(length or 0)
+        return Sink(self.staging.put_path(), self.max_put)
+
+    def finish_put(
+        self, project_id: str, key: str, sink: Sink, sha256: str, length: int | None
+    ) -> int:
+        """Verify what the sink received and make it the object; returns its size."""
+        try:
+            sink.flush()
+            sink.close()
+            if length is not None and sink.count != length:
+                raise BadRequest(f"received {sink.count} bytes, Content-Length said {length}")
+            got = sink.hash.hexdigest()
+            if got != check_sha256(sha256):
+                raise BadRequest(
+                    f"the body's SHA-256 is {got}, not {sha256} as declared: nothing was stored"
+                )
+            self._commit(project_id, key, sink.path)
+        finally:
+            self.staging.discard(sink.path)
+        return sink.count
+
+    def abort(self, sink: Sink) -> None:
+        sink.close()
+        self.staging.discard(sink.path)
+
+    def _commit(self, project_id: str, key: str, path: Path) -> None:
+        object_key = self.object_key(project_id, key)
+        items = self.catalog.mark(project_id, [key])
+        self.staging.commit(path, object_key)
+        self.catalog.settle(project_id, items, written=key)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def stat(self, project_id: str, key: str) -> int:
+        try:
+            return self.store.stat(self.object_key(project_id, key)).size
+        except ObjectNotFound:
+            raise NotFound(f"no object {key!r}") from None
+
+    def read(self, project_id: str, key: str) -> ReadPlan:
+        """Open an object for reading."""
+        object_key = self.object_key(project_id, key)
+        path = None
+        try:
+            path = self.store.local_path(object_key)
+        except ObjectNotFound:
+            raise NotFound(f"no object {key!r}") from None
+        if path is not None:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+            except (FileNotFoundError, IsADirectoryError):
+                raise NotFound(f"no object {key!r}") from None
+            return ReadPlan(os.fstat(f.fileno()).st_size, lambda a, b: _file_blocks(f, a, b))
+        size = self.stat(project_id, key)
+        return ReadPlan(size, lambda a, b: self._store_blocks(object_key, a, b))
+
+    def _store_blocks(self, object_key: str, start: int, end: int) -> Iterator[bytes]:
+        for pos in range(start, end, REMOTE_BLOCK):
+            yield self.store.get_range(object_key, pos, min(end, pos + REMOTE_BLOCK))
+
+    # --- listing and deleting ------------------------------------------------------------------
+
+    def list(
+        self, project_id: str, prefix: str = "", after: str = "", limit: int = 1000
+    ) -> tuple[list[str], str | None]:
+        """Keys starting with ``prefix`` and sorting after ``after``: one page, and the cursor
+        of the next page (None at the end)."""
+        full = self._prefix(project_id, prefix)
+        limit = max(1, min(limit, MAX_LIST))
+        cut = len(project_prefix(project_id))
+        keys = [k[cut:] for k in self.store.list(full)]
+        if after:
+            keys = keys[bisect.bisect_right(keys, after) :]
+        page = keys[:limit]
+        return page, (page[-1] if len(keys) > limit else None)
+
+    def list_dirs(self, project_id: str, prefix: str) -> list[str]:
+        return self.store.list_dirs(self._prefix(project_id, prefix))
+
+    def delete(self, project_id: str, key: str) -> bool:
+        object_key = self.object_key(project_id, key)
+        items = self.catalog.mark(project_id, [key])
+        gone = self.store.delete(object_key)
+        self.catalog.settle(project_id, items)
+        return gone
+
+    def delete_prefix(self, project_id: str, prefix: str) -> int:
+        """Delete every object under ``prefix``, and the upload sessions of keys under it (what
+        killed writers left); returns the number of objects."""
+        if not prefix:
+            raise BadRequest("refusing to delete an empty prefix (the whole project)")
+        full = self._prefix(project_id, prefix)
+        cut = len(project_prefix(project_id))
+        keys = [k[cut:] for k in self.store.list(full)]
+        items = self.catalog.mark(project_id, keys)
+        n = 0
+        for key in keys:
+            n += self.store.delete(project_prefix(project_id) + key)
+        self.catalog.settle(project_id, items)
+        for upload in self.list_uploads(project_id, prefix):
+            self.abort_upload(project_id, upload.id)
+        return n
+
+    # --- upload sessions -----------------------------------------------------------------------
+
+    def create_upload(self, project_id: str, key: str) -> UploadInfo:
+        self.object_key(project_id, key)
+        upload_id = secrets.token_hex(16)
+        now = utcnow()
+        with self.db.write() as s:
+            row = Upload(
+                project_id=project_id,
+                id=upload_id,
+                key=key,
+                received=0,
+                state="open",
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(row)
+            s.flush()
+            info = _upload_info(row)
+        self.staging.upload_path(upload_id).touch()
+        return info
+
+    def _row(self, s, project_id: str, upload_id: str) -> Upload:
+        row = s.get(Upload, (project_id, upload_id))
+        if row is None:
+            raise NotFound(
+                f"no upload session {upload_id!r} (it completed, expired or was aborted)"
+            )
+        return row
+
+    def get_upload(self, project_id: str, upload_id: str) -> UploadInfo:
+        with self.db.read() as s:
+            return _upload_info(self._row(s, project_id, upload_id))
+
+    def list_uploads(self, project_id: str, prefix: str = "") -> list[UploadInfo]:
+        """Open upload sessions of keys starting with ``prefix``."""
+        with self.db.read() as s:
+            rows = s.scalars(
+                select(Upload)
+                .where(Upload.project_id == project_id, Upload.state == "open")
+                .order_by(Upload.created_at)
+            )
+            return [_upload_info(u) for u in rows if u.key.startswith(prefix)]
+
+    def _lock(self, upload_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(upload_id, threading.Lock())
+
+    def begin_part(
+        self, project_id: str, upload_id: str, offset: int, length: int | None
+    ) -> tuple[Sink, threading.Lock]:
+        """A sink for a part written at ``offset`` (at most the received count: a part resent
+        after a lost answer overwrites from there). Holds the session's lock until
+        :meth:`finish_part` or :meth:`abort_part`."""
+        lock = self._lock(upload_id)
+        if not lock.acquire(timeout=30):
+            raise Conflict("another part of this upload is being written; retry")
+        try:
+            with self.db.read() as s:
+                row = self._row(s, project_id, upload_id)
+                received, state = row.received, row.state
+            if state != "open":
+                raise Conflict("this upload session is complete", received=received)
+            if offset < 0 or offset > received:
+                raise Conflict(
+                    f"part offset {offset} does not follow the {received} bytes received; "
+                    "resume at the received offset",
+                    received=received,
+                )
+            if length is not None and offset + length > self.max_upload:
+                raise TooLarge(f"an upload may hold at most {self.max_upload} bytes")
+            self.staging.check_room(length or 0)
+            path = self.staging.upload_path(upload_id)
+            if not path.exists():
+                raise NotFound(f"the bytes of upload session {upload_id!r} are gone; start again")
+            cached = self._hashes.get(upload_id)
+            h = cached[1].copy() if cached and cached[0] == offset else hash_file(path, offset)
+            return Sink(path, self.max_upload - offset, offset=offset, h=h), lock
+        except BaseException:
+            lock.release()
+            raise
+
+    def finish_part(
+        self, project_id: str, upload_id: str, sink: Sink, lock: threading.Lock, length: int | None
+    ) -> UploadInfo:
+        try:
+            sink.flush()
+            sink.close()
+            if length is not None and sink.count != length:
+                raise BadRequest(f"received {sink.count} bytes, Content-Length said {length}")
+            received = sink.offset + sink.count
+            with self.db.write() as s:
+                row = self._row(s, project_id, upload_id)
+                row.received = received
+                row.updated_at = utcnow()
+                info = _upload_info(row)
+            self._hashes[upload_id] = (received, sink.hash)
+            return info
+        finally:
+            lock.release()
+
+    def abort_part(self, sink: Sink, lock: threading.Lock) -> None:
+        try:
+            sink.close()
+            self._hashes.pop(sink.path.name.removeprefix("upload-"), None)
+        finally:
+            lock.release()
+
+    def complete_upload(self, project_id: str, upload_id: str, sha256: str, size: int) -> int:
+        """Check the whole upload's size and SHA-256, then make it the object (idempotent: a
+        repeated complete of a completed session with the same checksum succeeds)."""
+        sha256 = check_sha256(sha256)
+        with self._lock(upload_id):
+            with self.db.read() as s:
+                row = self._row(s, project_id, upload_id)
+                key, received, state, done_sha = row.key, row.received, row.state, row.sha256
+            if state == "complete":
+                if done_sha == sha256 and received == size:
+                    return size
+                raise Conflict("this upload session completed with another checksum")
+            if size != received:
+                raise Conflict(
+                    f"the upload holds {received} bytes, not {size}; send the rest first",
+                    received=received,
+                )
+            path = self.staging.upload_path(upload_id)
+            if not path.exists():
+                raise NotFound(f"the bytes of upload session {upload_id!r} are gone; start again")
+            cached = self._hashes.pop(upload_id, None)
+            h = cached[1] if cached and cached[0] == received else hash_file(path, received)
+            os.truncate(path, received)  # drop the tail of a part cut off half way
+            if h.hexdigest() != sha256:
+                self._drop(project_id, upload_id)
+                raise BadRequest(
+                    f"the upload's SHA-256 is {h.hexdigest()}, not {sha256}: nothing was stored "
+                    "and the session was discarded; upload again"
+                )
+            self._commit(project_id, key, path)
+            with self.db.write() as s:
+                row = self._row(s, project_id, upload_id)
+                row.state, row.sha256, row.updated_at = "complete", sha256, utcnow()
+        return size
+
+    def abort_upload(self, project_id: str, upload_id: str) -> None:
+        with self._lock(upload_id):
+            with self.db.read() as s:
+                self._row(s, project_id, upload_id)
+            self._drop(project_id, upload_id)
+
+    def _drop(self, project_id: str, upload_id: str) -> None:
+        with self.db.write() as s:
+            s.execute(delete(Upload).where(Upload.project_id == project_id, Upload.id == upload_id))
+        self.staging.discard(self.staging.upload_path(upload_id))
+        self._hashes.pop(upload_id, None)
+        with self._locks_guard:
+            self._locks.pop(upload_id, None)
+
+    def expire_uploads(self, ttl_s: float) -> int:
+        """Remove sessions idle for longer than ``ttl_s`` (completed ones too)."""
+        cutoff = utcnow() - timedelta(seconds=ttl_s)
+        with self.db.read() as s:
+            old = [
+                (u.project_id, u.id)
+                for u in s.scalars(select(Upload).where(Upload.updated_at < cutoff))
+            ]
+        for project_id, upload_id in old:
+            self._drop(project_id, upload_id)
+        return len(old)
+
+
+def _file_blocks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    with f:
+        pos = start
+        while pos < end:
+            block = os.pread(f.fileno(), min(READ_BLOCK, end - pos), pos)
+            if not block:
+                break
+            pos += len(block)
+            yield block
