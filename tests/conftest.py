@@ -140,7 +140,9 @@ def store_url(request, tmp_path):
     if request.param == "tensorstore-file":
         return f"tensorstore+file://{tmp_path / 'ts-store'}"
     if request.param.startswith("http"):
-        server = request.getfixturevalue("pg_server" if request.param == "http-pg" else "sqlite_server")
+        server = request.getfixturevalue(
+            "pg_server" if request.param == "http-pg" else "sqlite_server"
+        )
         use_project(request.getfixturevalue("monkeypatch"), server)
         return server.url
     return request.getfixturevalue("s3_store_url")

@@ -13,6 +13,7 @@ Session fixtures: ``postgres``, ``sqlite_server``, ``pg_server`` and ``bench_ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -129,10 +130,10 @@ class Postgres:
         return self.url(name)
 
     def stop(self) -> None:
-        try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):
+            self._run(
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"
+            )
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -212,7 +213,9 @@ class BenchServer:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer within {START_TIMEOUT_S} s:\n{self.log()}")
+                raise RuntimeError(
+                    f"the server did not answer within {START_TIMEOUT_S} s:\n{self.log()}"
+                )
             time.sleep(0.1)
 
     def stop(self, timeout: float = 60) -> int:
@@ -312,7 +315,9 @@ def pg_server(tmp_path_factory, postgres):
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def bench_server(request):
     """The session's server on each database in turn."""
-    return request.getfixturevalue("pg_server" if request.param == "postgresql" else "sqlite_server")
+    return request.getfixturevalue(
+        "pg_server" if request.param == "postgresql" else "sqlite_server"
+    )
 
 
 def use_project(monkeypatch, server: BenchServer) -> Project:
