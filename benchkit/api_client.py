@@ -297,3 +297,15 @@ class Catalog:
         return self.client.json("GET", "checkpoints", params=params, what="listing checkpoints")[
             "checkpoints"
         ]
+
+
+def check_login(url: str, api_key: str, project: str | None = None) -> dict[str, Any]:
+    """Ask the server whose ``api_key`` is; with ``project`` (an id or name), also check that
+    the key belongs to it. Returns ``{project_id, project_name, key_id, scope}``."""
+    who = ApiClient(url, api_key, project).whoami()
+    if project and project not in (who["project_id"], who["project_name"]):
+        raise CredentialsError(
+            f"that API key belongs to project {who['project_name']} ({who['project_id']}) on "
+            f"{normalize_url(url)}, not to {project!r}: check --project"
+        )
+    return who

@@ -402,8 +402,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from benchkit.data.index import load_index
 
     store = _store(args)
-    rows: list[dict[str, Any]] = []
-    for name in _dataset_names(store):
+    catalog = store.catalog()
+    rows: list[dict[str, Any]] = catalog.datasets() if catalog is not None else []
+    for name in _dataset_names(store) if catalog is None else []:
         try:
             idx = load_index(store, name)
         except DataError:

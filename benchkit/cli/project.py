@@ -69,11 +69,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_startproject)
 
     p = sub.add_parser(
+        "login",
+        help="use a Bench server as the store: check and save its URL and a project's API key",
+        description="Check the key against the server, save the credentials (mode 0600) and "
+        "make the server the store (user setting `store`).",
+    )
+    p.add_argument(
+        "url", help="the server, e.g. http://127.0.0.1:8000 or https://bench.example.com"
+    )
+    p.add_argument("--project", required=True, metavar="ID", help="project id (or name)")
+    p.add_argument(
+        "--key", metavar="KEY", help="API key (default: BENCHKIT_API_KEY, else a prompt)"
+    )
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser(
         "project", parents=[JSON], help="show the current project, store and credentials"
     )
     p.set_defaults(func=cmd_project)
 
-    p = sub.add_parser("logout", help="remove the stored credentials")
+    p = sub.add_parser("logout", help="remove the stored credentials (and stop using their server)")
     p.set_defaults(func=cmd_logout)
 
 
@@ -112,9 +127,12 @@ def cmd_config_unset(args: argparse.Namespace) -> int:
 def cmd_startproject(args: argparse.Namespace) -> int:
     if args.api_key:  # the original's `startproject <project_id> <api_key>`
         project_id = args.target
-        creds = {"project_id": project_id, "api_key": args.api_key, "server": args.server}
-        path = save_credentials(creds)
-        console.print(f"credentials for project {project_id!r} saved in {path} (mode 0600)")
+        if args.server:
+            use_server(args.server, project_id, args.api_key)
+        else:
+            creds = {"project_id": project_id, "api_key": args.api_key, "server": None}
+            path = save_credentials(creds)
+            console.print(f"credentials for project {project_id!r} saved in {path} (mode 0600)")
         target = Path(project_id)
     else:
         target = Path(args.target)
@@ -144,9 +162,65 @@ def copy_template(target: Path, name: str) -> None:
         project_file.write_text(text)
 
 
+def use_server(url: str, project: str, key: str) -> dict:
+    """Check ``key`` against the server, save the credentials and make the server the store."""
+    from benchkit.api_client import check_login, normalize_url
+
+    url = normalize_url(url)
+    who = check_login(url, key, project)
+    path = save_credentials({"server": url, "project_id": who["project_id"], "api_key": key})
+    write_user_setting("store", url)
+    scope = "read-write" if who["scope"] == "write" else "read-only"
+    console.print(
+        f"logged in to {url}: project [bold]{who['project_name']}[/bold] ({who['project_id']}), "
+        f"{scope} key; credentials in {path} (mode 0600); the store is now {url}",
+        highlight=False,
+    )
+    store = load_settings().values["store"]
+    if store.value != url:
+        console.print(
+            f"[yellow]note:[/yellow] {store.source} sets the store to {store.value}, which "
+            "takes precedence here",
+            highlight=False,
+        )
+    return who
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    key = args.key or os.environ.get("BENCHKIT_API_KEY")
+    if not key:
+        import getpass
+        import sys
+
+        if not sys.stdin.isatty():
+            raise ConfigError("give the API key with --key (or BENCHKIT_API_KEY)")
+        key = getpass.getpass("API key: ").strip()
+    use_server(args.url, args.project, key)
+    return 0
+
+
+def _server_status(store: str) -> str | None:
+    """For a Bench server store: whether the key works, in words; None for other stores."""
+    if not store.startswith(("http://", "https://")):
+        return None
+    from benchkit.api_client import ApiClient, find_credentials
+    from benchkit.errors import BenchKitError
+
+    try:
+        creds = find_credentials(store)
+        who = ApiClient(store, creds.api_key, creds.project_id).whoami()
+    except BenchKitError as e:
+        return f"not working: {e}"
+    scope = "read-write" if who["scope"] == "write" else "read-only"
+    return (
+        f"works: project {who['project_name']} ({who['project_id']}), {scope}, key {who['key_id']}"
+    )
+
+
 def cmd_project(args: argparse.Namespace) -> int:
     settings = load_settings()
     creds = load_credentials(settings.paths)
+    key_status = _server_status(settings.store)
     info = {
         "project": settings.project,
         "project_root": str(settings.project_root) if settings.project_root else None,
@@ -154,31 +228,41 @@ def cmd_project(args: argparse.Namespace) -> int:
         "credentials": bool(creds),
         "project_id": creds.get("project_id") if creds else None,
         "server": creds.get("server") if creds else None,
+        "key": key_status,
+        "key_ok": key_status.startswith("works") if key_status else None,
     }
     if args.json:
         print_json(info)
         return 0
-    print_table(
-        "Project",
-        ["", ""],
-        [
-            ("project", info["project"]),
-            ("root", info["project_root"] or "(no benchkit.toml found: using defaults)"),
-            ("store", info["store"]),
-            (
-                "credentials",
-                f"set for project {info['project_id']!r}"
-                if creds
-                else "not set (only needed for a Bench server)",
-            ),
-        ],
-    )
+    rows = [
+        ("project", info["project"]),
+        ("root", info["project_root"] or "(no benchkit.toml found: using defaults)"),
+        ("store", info["store"]),
+        (
+            "credentials",
+            f"set for project {info['project_id']!r}"
+            + (f" on {info['server']}" if info["server"] else "")
+            if creds
+            else "not set (only needed for a Bench server)",
+        ),
+    ]
+    if key_status:
+        rows.append(("API key", key_status))
+    print_table("Project", ["", ""], rows)
     return 0
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
+    from benchkit.api_client import same_server
+    from benchkit.settings import read_user_settings
+
+    creds = load_credentials()
     if delete_credentials():
         console.print("credentials removed")
+        server = (creds or {}).get("server")
+        if server and same_server(str(read_user_settings().get("store", "")), server):
+            write_user_setting("store", None)
+            console.print(f"the store is no longer {server} (back to the default)", highlight=False)
     else:
         console.print("no credentials were stored")
     return 0

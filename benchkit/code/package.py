@@ -351,6 +351,11 @@ def get_manifest(store: Store | str | None, version: int) -> Manifest:
 def list_versions(store: Store | str | None) -> list[Manifest]:
     """The whole versions in a store, oldest number first (half-written ones are skipped)."""
     store = open_store(store)
+    catalog = store.catalog()
+    if catalog is not None:
+        return [
+            Manifest.from_dict(m, f"code version {m.get('version')}") for m in catalog.versions()
+        ]
     found = []
     for n in _stored_numbers(store):
         if store.exists(manifest_key(n)):

@@ -111,7 +111,28 @@ def create_app(config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(RejectControlCharacters)
     return app
+
+
+class RejectControlCharacters:
+    """400 for a URL whose decoded path holds a control character (``%0A``, ``%00``...): no
+    route could match it meaningfully, and it must not reach a log line or a file name."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and any(ord(c) < 32 or ord(c) == 127 for c in scope["path"]):
+            from starlette.responses import JSONResponse
+
+            response = JSONResponse(
+                {"detail": "invalid store key: control characters are not allowed in URLs"},
+                status_code=400,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _expire_loop(services: Services, stop: threading.Event) -> None:

@@ -180,6 +180,12 @@ class Store(ABC):
         check_prefix(prefix)
         return 0
 
+    def catalog(self) -> Any | None:
+        """An index of what the store holds, kept by the backend (a Bench server's, with
+        ``datasets()``, ``versions()``, ``runs()`` and ``checkpoints(run_id)``), or None when
+        listings must walk the objects (every other backend)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or threads the backend holds."""
 

@@ -185,6 +185,9 @@ def _record_and_prune(store: Store, run_id: str, info: CheckpointInfo, keep: int
 
 def list_checkpoints(store: Store, run_id: str | None = None) -> list[CheckpointInfo]:
     """Stored checkpoints, by run (oldest run first) and in the order each run saved them."""
+    catalog = store.catalog()
+    if catalog is not None:
+        return [CheckpointInfo(**c) for c in catalog.checkpoints(run_id)]
     prefix = runs.CHECKPOINTS + (f"{run_id}/" if run_id else "")
     by_run: dict[str, list[str]] = {}
     for key in store.list(prefix):

@@ -119,10 +119,16 @@ def load_record(store: Store, run_id: str) -> RunRecord:
 
 def list_run_ids(store: Store) -> list[str]:
     """Ids of every run with a record, oldest first (ids sort by start time)."""
+    catalog = store.catalog()
+    if catalog is not None:
+        return [r["id"] for r in catalog.runs()]
     return [d for d in store.list_dirs(RUNS) if store.exists(run_key(d))]
 
 
 def list_records(store: Store) -> list[RunRecord]:
+    catalog = store.catalog()
+    if catalog is not None:
+        return [RunRecord.from_json(r) for r in catalog.runs()]
     return [load_record(store, rid) for rid in list_run_ids(store)]
 
 

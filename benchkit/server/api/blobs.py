@@ -14,7 +14,7 @@ from benchkit.server.api.deps import API, Reader, ServicesDep, Writer
 
 router = APIRouter(prefix=API, tags=["blobs"])
 
-Prefix = Annotated[str, Query(max_length=1100, description="a plain string prefix of keys")]
+Prefix = Annotated[str, Query(description="a plain string prefix of keys")]
 
 
 class Stored(BaseModel):
@@ -131,7 +131,7 @@ def list_blobs(
     principal: Reader,
     services: ServicesDep,
     prefix: Prefix = "",
-    after: Annotated[str, Query(max_length=1100)] = "",
+    after: Annotated[str, Query(description="the last key of the previous page")] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> KeyPage:
     """Keys starting with ``prefix``, sorted, one page at a time."""

@@ -25,7 +25,7 @@ UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 class NewUpload(BaseModel):
-    key: str = Field(max_length=1100)
+    key: str
 
 
 class Upload(BaseModel):

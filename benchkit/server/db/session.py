@@ -84,9 +84,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read() as session:
+        with self._read() as session:  # closing ends the transaction (the pool rolls it back)
             yield session
-            session.rollback()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
