@@ -147,9 +147,6 @@ class ApiClient:
             s.headers["User-Agent"] = f"benchkit/{__version__}"
             if self.api_key:
                 s.headers["Authorization"] = f"Bearer {self.api_key}"
-            ca = os.environ.get("BENCHKIT_CA_BUNDLE")
-            if ca:
-                s.verify = ca
             self._session, self._pid = s, os.getpid()
         return self._session
 
@@ -177,6 +174,7 @@ class ApiClient:
         if not self._checked:
             self.check_server()
         kw.setdefault("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
+        kw.setdefault("verify", _verify())
         try:
             resp = self.session.request(method, url, **kw)
         except requests.exceptions.SSLError as e:
@@ -229,7 +227,10 @@ class ApiClient:
         """``GET /api/v1/info``: a Bench server of this API version, or a one-line error."""
         try:
             resp = self.session.get(
-                self.path("info"), timeout=(CONNECT_TIMEOUT, 30), headers={"Authorization": None}
+                self.path("info"),
+                timeout=(CONNECT_TIMEOUT, 30),
+                headers={"Authorization": None},
+                verify=_verify(),
             )
         except requests.exceptions.SSLError as e:
             raise StoreConnectionError(
@@ -260,6 +261,12 @@ class ApiClient:
     def whoami(self) -> dict[str, Any]:
         """The project and scope of this client's key."""
         return self.json("GET", "whoami", what="checking the API key")
+
+
+def _verify() -> str | bool:
+    """The CA bundle for TLS: ``BENCHKIT_CA_BUNDLE`` (a private CA), else the defaults. Passed on
+    every request, since requests lets ``REQUESTS_CA_BUNDLE`` override a session's setting."""
+    return os.environ.get("BENCHKIT_CA_BUNDLE") or True
 
 
 def _reason(e: Exception) -> str:

@@ -1,0 +1,218 @@
+"""Bench server throughput: upload and download MB/s through the server against the same store
+used directly, with the server's memory measured.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/server.py                  # 1 GB object, 3 repeats
+    PYTHONPATH=. .venv/bin/python benchmarks/server.py --size 256MB -r 1
+
+Runs in the project's environment (needs ``benchkit[server]`` and psutil, nothing else).
+
+What it measures, on one machine over loopback:
+
+- ``direct``: a :class:`~benchkit.store.LocalStore` in a temporary directory, ``put_file`` then
+  ``get_file`` of one large random file (what a local store costs: one copy each way, fsync);
+- ``server``: the same calls on an :class:`~benchkit.store.http.HttpStore` whose server keeps its
+  blobs in a LocalStore on the same disk (sha256 on both sides, HTTP on loopback, the upload
+  session's per-part fsync, the final rename);
+- small objects: ``put`` + ``get`` of 64 KiB objects from 8 threads, objects per second;
+- the server process's peak RSS (sampled every 10 ms by psutil) and its growth over idle, and
+  the client's peak RSS growth: both must stay far below the object's size.
+
+Writes ``benchmarks/_work/server.json`` and prints a table (for docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchkit.store import LocalStore  # noqa: E402
+from benchkit.store.http import HttpStore  # noqa: E402
+from benchkit.units import human_bytes, parse_size  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of one process, sampled until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.join()
+        return self.peak
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data: Path) -> tuple[subprocess.Popen, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    py = sys.executable
+    out = subprocess.run(
+        [py, "-m", "benchkit", "server", "create-project", "bench", "--json", "--data-dir", str(data)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    key = json.loads(out.stdout)["api_key"]
+    port = free_port()
+    with open(data / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [py, "-m", "benchkit", "server", "--data-dir", str(data), "--port", str(port),
+             "--log-level", "warning"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            requests.get(url + "/api/v1/info", timeout=2)
+            return proc, url, key
+        except requests.RequestException:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start; see {data / 'server.log'}") from None
+            time.sleep(0.2)
+
+
+def make_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def round_trip(store, src: Path, dest: Path, key: str) -> tuple[float, float]:
+    """Seconds for put_file and get_file (the page cache is warm for both paths alike)."""
+    t0 = time.perf_counter()
+    store.put_file(key, src)
+    t1 = time.perf_counter()
+    store.get_file(key, dest)
+    t2 = time.perf_counter()
+    assert dest.stat().st_size == src.stat().st_size
+    dest.unlink()
+    store.delete(key)
+    return t1 - t0, t2 - t1
+
+
+def small_objects(store, n: int, size: int = 64 * 1024, threads: int = 8) -> float:
+    data = os.urandom(size)
+
+    def one(i: int) -> None:
+        store.put(f"small/{i:06d}", data)
+        assert store.get(f"small/{i:06d}") == data
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - t0
+    store.delete_prefix("small/")
+    return n / elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1GB", help="size of the large object (default 1GB)")
+    ap.add_argument("--repeats", "-r", type=int, default=3)
+    ap.add_argument("--small", type=int, default=2000, help="number of 64 KiB objects")
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "_work" / "server"))
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    src = work / "object.bin"
+    make_file(src, size)
+    data = Path(tempfile.mkdtemp(prefix="srv-", dir=work))
+    proc, url, key = start_server(data)
+    results: dict = {"size": size, "repeats": args.repeats, "cpus": os.cpu_count()}
+    try:
+        direct = LocalStore(work / "direct")
+        http = HttpStore(url, key)
+        http.put("warm", b"x")
+        me = psutil.Process()
+        idle_rss = psutil.Process(proc.pid).memory_info().rss
+        client_base = me.memory_info().rss
+        for name, store in (("direct", direct), ("server", http)):
+            puts, gets = [], []
+            sampler = Sampler(proc.pid)
+            client = Sampler(me.pid)
+            sampler.start()
+            client.start()
+            for r in range(args.repeats):
+                p, g = round_trip(store, src, work / "back.bin", f"big/{r}.bin")
+                puts.append(p)
+                gets.append(g)
+            server_peak, client_peak = sampler.stop(), client.stop()
+            small = small_objects(store, args.small)
+            results[name] = {
+                "put_MBps": size / min(puts) / 1e6,
+                "get_MBps": size / min(gets) / 1e6,
+                "put_s": puts,
+                "get_s": gets,
+                "small_objects_per_s": small,
+            }
+            if name == "server":
+                results[name]["server_idle_rss"] = idle_rss
+                results[name]["server_peak_rss"] = server_peak
+                results[name]["client_rss_growth"] = client_peak - client_base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    d, s = results["direct"], results["server"]
+    results["ratio"] = {
+        "put": s["put_MBps"] / d["put_MBps"],
+        "get": s["get_MBps"] / d["get_MBps"],
+        "small": s["small_objects_per_s"] / d["small_objects_per_s"],
+    }
+    (work.parent / "server.json").write_text(json.dumps(results, indent=1))
+    print(f"object {human_bytes(size)}, best of {args.repeats}")
+    print(f"{'':8} {'upload MB/s':>12} {'download MB/s':>14} {'64 KiB put+get /s':>18}")
+    for name in ("direct", "server"):
+        r = results[name]
+        print(
+            f"{name:8} {r['put_MBps']:12.0f} {r['get_MBps']:14.0f} {r['small_objects_per_s']:18.0f}"
+        )
+    ratio = results["ratio"]
+    print(f"{'ratio':8} {ratio['put']:12.2f} {ratio['get']:14.2f} {ratio['small']:18.2f}")
+    print(
+        f"server RSS: idle {human_bytes(s['server_idle_rss'])}, peak {human_bytes(s['server_peak_rss'])}; "
+        f"client RSS growth {human_bytes(s['client_rss_growth'])}"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
