@@ -127,7 +127,9 @@ def test_sigterm_mid_upload_stops_cleanly_and_the_client_completes_after_restart
     )
     uploader.start()
     _wait_mid_part(own_server, observer)
-    assert own_server.stop() == 0  # graceful: the part in flight finishes, then the server exits
+    # graceful: the part in flight finishes, then the server exits (uvicorn re-raises the
+    # signal once it has shut down, as a service manager expects)
+    assert own_server.stop() in (0, -15)
     log = own_server.log()
     assert "Traceback" not in log and "Finished server process" in log
     assert uploader.is_alive(), uploader.error
