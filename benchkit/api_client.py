@@ -32,6 +32,7 @@ from benchkit.errors import (
     StoreError,
     StorePermissionError,
 )
+from benchkit.settings import load_credentials
 
 #: The API this client speaks; a server answering another major version is refused.
 API_VERSION = 1
@@ -71,8 +72,6 @@ class Credentials:
 def find_credentials(url: str) -> Credentials:
     """The API key for the server at ``url``: environment first, then the credentials file
     (when it was saved for this server, or for no server in particular)."""
-    from benchkit.settings import load_credentials
-
     key = os.environ.get("BENCHKIT_API_KEY")
     if key:
         return Credentials(key.strip(), os.environ.get("BENCHKIT_PROJECT_ID"), "BENCHKIT_API_KEY")

@@ -29,13 +29,15 @@ FORBIDDEN = {
     "fsutil": {"units", "settings", "console", "store", "data", "training", "code", "cli"},
     "settings": {"console", "store", "data", "training", "code", "cli"},
     "console": {"settings", "store", "data", "training", "code", "cli"},
-    "store": {"data", "training", "code", "cli"},
-    "registry": {"data", "training", "code", "cli"},
-    "data": {"training", "cli"},
-    "code": {"training", "cli"},
-    "training": {"cli"},
+    "api_client": {"store", "data", "training", "code", "cli", "server", "remote"},
+    "store": {"data", "training", "code", "cli", "server"},
+    "registry": {"data", "training", "code", "cli", "server"},
+    "data": {"training", "cli", "server"},
+    "code": {"training", "cli", "server"},
+    "training": {"cli", "server"},
     # remote execution: below the command line and the server, which drive it
     "remote": {"cli", "server"},
+    "server": {"cli"},
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from benchkit.cli.common import console, print_json, print_table
+from benchkit.cli.common import JSON, console, print_json, print_table
 from benchkit.errors import BenchKitError, ConfigError
 
 
@@ -55,30 +55,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
     ssub = p.add_subparsers(dest="server_command", metavar="ACTION")
 
-    s = ssub.add_parser("create-project", help="create a project; prints its id and an API key")
+    s = ssub.add_parser(
+        "create-project", parents=[JSON], help="create a project; prints its id and an API key"
+    )
     s.add_argument("name", help="project name (letters, digits, _ . -)")
     s.add_argument("--read-only", action="store_true", help="make the first key read-only")
-    s.add_argument("--json", action="store_true", help='print {"project_id", "api_key", ...}')
     _data_flags(s, top=False)
     s.set_defaults(func=cmd_create_project)
 
-    s = ssub.add_parser("projects", help="list the projects")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    s = ssub.add_parser("projects", parents=[JSON], help="list the projects")
     _data_flags(s, top=False)
     s.set_defaults(func=cmd_projects)
 
     k = ssub.add_parser("keys", help="list, create or revoke a project's API keys")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    s = ksub.add_parser("list", help="a project's keys (ids, scopes, last use; never secrets)")
+    s = ksub.add_parser(
+        "list", parents=[JSON], help="a project's keys (ids, scopes, last use; never secrets)"
+    )
     s.add_argument("project", help="project id or name")
-    s.add_argument("--json", action="store_true", help="print JSON")
     _data_flags(s, top=False)
     s.set_defaults(func=cmd_keys_list)
-    s = ksub.add_parser("create", help="a new key for a project (shown once)")
+    s = ksub.add_parser("create", parents=[JSON], help="a new key for a project (shown once)")
     s.add_argument("project", help="project id or name")
     s.add_argument("--read-only", action="store_true", help="read-only key")
     s.add_argument("--label", default="", help="what the key is for")
-    s.add_argument("--json", action="store_true", help="print JSON")
     _data_flags(s, top=False)
     s.set_defaults(func=cmd_keys_create)
     s = ksub.add_parser("revoke", help="revoke a key (effective on its next request)")

@@ -43,14 +43,8 @@ import requests
 
 from benchkit.api_client import ApiClient, Catalog, find_credentials, normalize_url
 from benchkit.errors import InvalidKey, StoreConnectionError, StoreError
-from benchkit.store.base import (
-    DEFAULT_PART_SIZE,
-    ObjectInfo,
-    Store,
-    atomic_file,
-    check_key,
-    check_prefix,
-)
+from benchkit.fsutil import atomic_file
+from benchkit.store.base import DEFAULT_PART_SIZE, ObjectInfo, Store, check_key, check_prefix
 
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255

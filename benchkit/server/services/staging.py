@@ -20,9 +20,9 @@ import shutil
 from pathlib import Path
 
 from benchkit.errors import StoreError
+from benchkit.fsutil import fsync_dir
 from benchkit.server.services.errors import Conflict, InsufficientStorage
 from benchkit.store import LocalStore, Store, check_key
-from benchkit.store.base import fsync_dir
 
 log = logging.getLogger(__name__)
 
