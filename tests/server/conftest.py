@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
-import requests
-
-
-class Api:
-    """Raw HTTP to a server with one key (None: no Authorization header)."""
-
-    def __init__(self, url: str, key: str | None) -> None:
-        self.url = url.rstrip("/") + "/api/v1"
-        self.session = requests.Session()
-        if key is not None:
-            self.session.headers["Authorization"] = f"Bearer {key}"
-
-    def __call__(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", 60)
-        return self.session.request(method, self.url + path, **kw)
-
-    def put(self, key: str, data: bytes, **kw) -> requests.Response:
-        headers = {"X-Content-SHA256": hashlib.sha256(data).hexdigest(), **kw.pop("headers", {})}
-        return self("PUT", f"/blobs/{key}", data=data, headers=headers, **kw)
+from serverkit import Api
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import Api
+from serverkit import Api
 
 from benchkit.errors import CredentialsError, StorePermissionError
 from benchkit.store.http import HttpStore

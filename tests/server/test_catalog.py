@@ -154,7 +154,7 @@ def test_catalog_follows_rewrites_and_deletes(bench_server):
 
 
 def test_catalog_routes_answer_one_item_or_404(bench_server):
-    from conftest import Api
+    from serverkit import Api
 
     project = bench_server.quick_project()
     store = HttpStore(bench_server.url, project.key, project.id)

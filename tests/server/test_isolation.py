@@ -14,7 +14,7 @@ import tempfile
 import uuid
 
 import pytest
-from conftest import Api
+from serverkit import Api
 
 from benchkit.server.app import create_app
 from benchkit.server.config import ServerConfig
