@@ -15,7 +15,11 @@ What it measures, on one machine over loopback:
   session's per-part fsync, the final rename);
 - small objects: ``put`` + ``get`` of 64 KiB objects from 8 threads, objects per second;
 - the server process's peak RSS (sampled every 10 ms by psutil) and its growth over idle, and
-  the client's peak RSS growth: both must stay far below the object's size.
+  the client's peak RSS growth: both must stay far below the object's size;
+- streaming (``--stream-samples``, 0 to skip): one dataset of 48 KiB tensors chunked once, put in
+  the local store and on the server, then read by BenchKit's loader (``bench.get_dataset``, the
+  loader ``benchmarks/stream.py`` measures, shuffled, 2 workers) for two epochs from a cold cache:
+  epoch 1 downloads every chunk, epoch 2 reads the cache.
 
 Writes ``benchmarks/_work/server.json`` and prints a table (for docs/BENCHMARKS.md).
 """
@@ -141,11 +145,64 @@ def small_objects(store, n: int, size: int = 64 * 1024, threads: int = 8) -> flo
     return n / elapsed
 
 
+def stream_epochs(url: str, name: str, home: Path, env: dict[str, str]) -> list[float]:
+    """Samples per second of two epochs of BenchKit's loader over dataset ``name`` at ``url``,
+    with a fresh cache (BENCHKIT_HOME) so epoch 1 fetches every chunk."""
+    import benchkit as bench
+
+    old = {k: os.environ.get(k) for k in ("BENCHKIT_HOME", *env)}
+    os.environ.update({"BENCHKIT_HOME": str(home), **env})
+    try:
+        loader = bench.get_dataset(
+            None, url, name, 64, 2, shuffle=True, seed=0, persistent_workers=False
+        )
+        rates = []
+        for _ in range(2):
+            n, t0 = 0, time.perf_counter()
+            for labels, _data in loader:
+                n += len(labels)
+            rates.append(n / (time.perf_counter() - t0))
+        return rates
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def streaming(work: Path, url: str, key: str, samples: int) -> dict:
+    """The streaming comparison: local store against the server (same chunks)."""
+    import torch
+
+    from benchkit.data.index import dataset_prefix
+    from benchkit.data.writer import chunk_samples
+
+    name = "bench"
+    staging = work / "stream-staging"
+    gen = torch.Generator().manual_seed(0)
+    rows = (
+        (i % 10, torch.randint(0, 256, (48 * 1024,), dtype=torch.uint8, generator=gen))
+        for i in range(samples)
+    )
+    index = chunk_samples(rows, name, staging, chunk_bytes=16_000_000, workers=1).index
+    server = HttpStore(url, key)
+    prefix = dataset_prefix(name)
+    for c in index.chunks:
+        server.put_file(prefix + c.file, staging / prefix / c.file)
+    server.put_file(prefix + "index.json", staging / prefix / "index.json")
+    out = {"samples": samples, "chunks": len(index.chunks), "bytes": index.total_bytes}
+    out["local"] = stream_epochs(str(staging), name, work / "home-local", {})
+    out["server"] = stream_epochs(url, name, work / "home-server", {"BENCHKIT_API_KEY": key})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1GB", help="size of the large object (default 1GB)")
     ap.add_argument("--repeats", "-r", type=int, default=3)
     ap.add_argument("--small", type=int, default=2000, help="number of 64 KiB objects")
+    ap.add_argument("--stream-samples", type=int, default=4000, help="0 skips the streaming part")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "_work" / "server"))
     args = ap.parse_args()
     size = parse_size(args.size)
@@ -187,6 +244,8 @@ def main() -> int:
                 results[name]["server_idle_rss"] = idle_rss
                 results[name]["server_peak_rss"] = server_peak
                 results[name]["client_rss_growth"] = client_peak - client_base
+        if args.stream_samples:
+            results["streaming"] = streaming(work, url, key, args.stream_samples)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -210,6 +269,14 @@ def main() -> int:
         f"server RSS: idle {human_bytes(s['server_idle_rss'])}, peak {human_bytes(s['server_peak_rss'])}; "
         f"client RSS growth {human_bytes(s['client_rss_growth'])}"
     )
+    if "streaming" in results:
+        st = results["streaming"]
+        print(
+            f"streaming {st['samples']} samples ({human_bytes(st['bytes'])}, {st['chunks']} chunks), "
+            "samples/s epoch 1 (cold cache) / epoch 2 (warm):"
+        )
+        for name in ("local", "server"):
+            print(f"  {name:8} {st[name][0]:10.0f} {st[name][1]:10.0f}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -95,7 +95,7 @@ def test_tls_serves_https_and_the_client_checks_the_certificate(tmp_path, tls_fi
         store.close()
     finally:
         proc.terminate()
-        assert proc.wait(60) == 0
+        assert proc.wait(60) in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
 
 
 def test_login_project_logout(sqlite_server, tmp_path):
