@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="the run's name (default: the function's)")
     p.add_argument(
-        "--run-id", metavar="ID", help="the new run's id (default: a new one from the time and name)"
+        "--run-id",
+        metavar="ID",
+        help="the new run's id (default: a new one from the time and name)",
     )
     p.add_argument(
         "--resume",

@@ -325,6 +325,17 @@ class HttpStore(Store):
         _check_prefix(prefix)
         return self.client.json("GET", "uploads", params={"prefix": prefix})["uploads"]
 
+    def sweep_leftovers(self, prefix: str) -> int:
+        """Abort the unfinished upload sessions of keys under ``prefix`` (what killed writers
+        left); returns how many. Like every backend's, safe while nobody else writes there."""
+        removed = 0
+        for upload in self.uploads(prefix):
+            resp = self.client.request(
+                "DELETE", self.client.path("uploads", upload["id"]), expect=(204, 404)
+            )
+            removed += resp.status_code == 204
+        return removed
+
     # --- deleting ------------------------------------------------------------------------------
 
     def delete(self, key: str) -> bool:

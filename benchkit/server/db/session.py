@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -92,6 +93,22 @@ class Database:
         """A transaction that commits when the block ends without an exception."""
         with self._write() as session, session.begin():
             yield session
+
+    def upsert(
+        self, session: Session, model: Any, row: dict[str, Any], update: bool = True
+    ) -> None:
+        """Insert ``row``, or on a primary-key clash update its other columns (``update``) or
+        leave the existing row: one statement, so concurrent writers of the same row cannot
+        both insert (``INSERT ... ON CONFLICT``, on SQLite and PostgreSQL alike)."""
+        insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        stmt = insert(model).values(**row)
+        keys = [c.name for c in model.__table__.primary_key.columns]
+        rest = {k: stmt.excluded[k] for k in row if k not in keys}
+        if update and rest:
+            stmt = stmt.on_conflict_do_update(index_elements=keys, set_=rest)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+        session.execute(stmt)
 
     def safe_url(self) -> str:
         """The URL without its password, for logs and messages."""

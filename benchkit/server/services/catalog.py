@@ -108,7 +108,8 @@ class Catalog:
         if items:
             with self.db.write() as s:
                 for item in items:
-                    s.merge(PendingIndex(project_id=project_id, key=item.marker))
+                    row = {"project_id": project_id, "key": item.marker}
+                    self.db.upsert(s, PendingIndex, row, update=False)
         return items
 
     def settle(self, project_id: str, items: Iterable[Item], written: str | None = None) -> None:
@@ -200,7 +201,9 @@ class Catalog:
             }
         else:
             row = None
-        self._put(Dataset, (project_id, item.name), row, name=item.name)
+        # a chunk only adds a missing row: it must not undo a concurrent index.json's
+        chunk = written is not None and written != index_key and row is not None
+        self._put(Dataset, (project_id, item.name), row, update=not chunk, name=item.name)
 
     def _refresh_version(self, project_id: str, item: Item, written: str | None) -> None:
         key = f"code/{item.name}/manifest.json"
@@ -240,22 +243,24 @@ class Catalog:
             Checkpoint, (project_id, item.run, item.name), row, run_id=item.run, name=item.name
         )
 
-    def _put(self, model: Any, pk: tuple, values: dict[str, Any] | None, **ident: Any) -> None:
-        """Insert, update or (``values`` None) delete one row."""
+    def _put(
+        self,
+        model: Any,
+        pk: tuple,
+        values: dict[str, Any] | None,
+        update: bool = True,
+        **ident: Any,
+    ) -> None:
+        """Upsert or (``values`` None) delete one row (concurrent refreshes of one item, e.g.
+        the chunks of a dataset uploaded in parallel, may race: the upsert lets them)."""
+        ident = {"project_id": pk[0], **ident}
         with self.db.write() as s:
             if s.get(Project, pk[0]) is None:
                 return  # the project was deleted meanwhile
-            row = s.get(model, pk)
             if values is None:
-                if row is not None:
-                    s.delete(row)
+                s.execute(delete(model).where(*(getattr(model, k) == v for k, v in ident.items())))
                 return
-            if row is None:
-                row = model(project_id=pk[0], **ident)
-                s.add(row)
-            for k, v in values.items():
-                setattr(row, k, v)
-            row.updated_at = utcnow()
+            self.db.upsert(s, model, {**ident, **values, "updated_at": utcnow()}, update=update)
 
     # --- queries -------------------------------------------------------------------------------
 
