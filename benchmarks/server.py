@@ -58,17 +58,17 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid)
         self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.01):
+        while not self._halt.wait(0.01):
             try:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
             except psutil.Error:
                 return
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak
 
