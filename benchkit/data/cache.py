@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import tempfile
 import threading
@@ -371,6 +372,30 @@ class VerifiedMarks:
             os.replace(tmp, marker)
         except OSError as e:  # a read-only cache only costs re-checking
             log.debug("cannot record checksum mark for %s: %s", path, e)
+
+    def block_map(self, path: Path, sha256: str, st: os.stat_result, count: int) -> Any:
+        """A shared, writable map of ``count`` bytes, one per block of the file: 1 once some
+        process of this machine has checked that block. Every reader of the file (DataLoader
+        workers, ranks, later epochs) shares it, so each block is hashed once per machine even
+        when no single reader reads the whole chunk. None if it cannot be made (then the reader
+        keeps its own). A changed file (size, mtime, inode) gets a fresh map."""
+        ident = hashlib.sha256(self._ident(sha256, st).encode()).hexdigest()[:16]
+        where = Path(f"{self._marker(path)}-{ident}.blocks")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            log.debug("cannot share block checks of %s: %s", path, e)
+            return None
+        try:
+            if os.fstat(fd).st_size != count:
+                os.ftruncate(fd, count)  # zeros: nothing checked (same size for every process)
+            return mmap.mmap(fd, count, access=mmap.ACCESS_WRITE)
+        except OSError as e:
+            log.debug("cannot share block checks of %s: %s", path, e)
+            return None
+        finally:
+            os.close(fd)
 
     def open_verified(self, path: Path, sha256: str, label: str) -> Any:
         """A :class:`~benchkit.data.format.ChunkReader` on ``path``, checked unless already known good."""

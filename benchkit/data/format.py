@@ -611,8 +611,9 @@ class ChunkReader:
     With ``expected_sha256`` the whole file is checked first. With ``blocks`` (the chunk's block
     digests from ``index.json``, ``block_bytes`` each) every block is instead checked the first
     time a sample in it is read (the header and offsets table at once), so the first sample
-    costs one block's hash rather than the whole chunk's; ``on_verified`` is called once every
-    block has been checked. A mismatch, a truncated file or a bad header raises
+    costs one block's hash rather than the whole chunk's. ``checked`` (a writable buffer of one
+    byte per block, 1 = checked) may be shared with other readers of the same file, which then
+    skip what another has checked; ``on_verified`` is called once every block has been checked. A mismatch, a truncated file or a bad header raises
     :class:`CorruptChunk` naming ``label`` (say, the dataset, chunk and store), and no byte of a
     failing block is ever returned.
     """
@@ -624,6 +625,7 @@ class ChunkReader:
         expected_sha256: str | None = None,
         blocks: str | None = None,
         block_bytes: int = BLOCK_BYTES,
+        checked: Any = None,
         on_verified: Callable[[], None] | None = None,
         label: str = "",
     ) -> None:
@@ -631,7 +633,7 @@ class ChunkReader:
         self.label = label or str(self.path)
         self._mm: mmap.mmap | None = None
         self._buf: memoryview | None = None
-        self._unchecked: bytearray | None = None  # per block: 1 until verified (lazy mode)
+        self._unchecked: memoryview | None = None  # per block: 1 once checked (lazy mode only)
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -653,7 +655,7 @@ class ChunkReader:
                     f"{expected_sha256[:16]}...); the file is damaged or was changed"
                 )
         elif blocks:
-            self._start_lazy(size, blocks, block_bytes, on_verified)
+            self._start_lazy(size, blocks, block_bytes, checked, on_verified)
             self._verify(0, HEADER_SIZE)
         magic, version, _flags, count = _HEADER.unpack_from(self._buf, 0)
         if magic != MAGIC:
@@ -689,7 +691,12 @@ class ChunkReader:
         self._count = count
 
     def _start_lazy(
-        self, size: int, blocks: str, block_bytes: int, on_verified: Callable[[], None] | None
+        self,
+        size: int,
+        blocks: str,
+        block_bytes: int,
+        checked: Any,
+        on_verified: Callable[[], None] | None,
     ) -> None:
         count = len(blocks) // BLOCK_DIGEST_HEX
         if block_bytes < 1 or count != -(-size // block_bytes):
@@ -699,20 +706,33 @@ class ChunkReader:
                 "bytes (truncated, or longer than when it was written)"
             )
         self._digests, self._block_bytes = blocks, block_bytes
-        self._unchecked = bytearray(b"\x01" * count)
-        self._left = count
+        if checked is None or len(checked) != count:
+            checked = bytearray(count)
+        self._checked = checked
+        self._unchecked = memoryview(checked)  # not None: lazy mode
         self._on_verified = on_verified
+        self._all_checked()
+
+    def _all_checked(self) -> bool:
+        if self._checked.find(b"\x00") >= 0:
+            return False
+        self._unchecked = None
+        if self._on_verified is not None:
+            self._on_verified()
+            self._on_verified = None
+        return True
 
     def _verify(self, start: int, end: int) -> None:
-        """Check every not yet checked block overlapping bytes ``[start, end)``."""
-        todo = self._unchecked
-        if todo is None or end <= start:
+        """Check every block overlapping bytes ``[start, end)`` that no reader has checked yet."""
+        checked = self._unchecked
+        if checked is None or end <= start:
             return
         bb = self._block_bytes
         buf = self._buf
         assert buf is not None
-        for b in range(start // bb, min(len(todo), (end - 1) // bb + 1)):
-            if not todo[b]:
+        fresh = False
+        for b in range(start // bb, min(len(checked), (end - 1) // bb + 1)):
+            if checked[b]:
                 continue
             lo, hi = b * bb, min(len(buf), (b + 1) * bb)
             want = self._digests[b * BLOCK_DIGEST_HEX : (b + 1) * BLOCK_DIGEST_HEX]
@@ -722,12 +742,10 @@ class ChunkReader:
                     f"checksum mismatch in block {b} (bytes {lo}-{hi}); the file is damaged or "
                     "was changed"
                 )
-            todo[b] = 0
-            self._left -= 1
-        if self._left == 0:
-            self._unchecked = None
-            if self._on_verified is not None:
-                self._on_verified()
+            checked[b] = 1
+            fresh = True
+        if fresh:
+            self._all_checked()
 
     @property
     def fully_verified(self) -> bool:
@@ -785,11 +803,12 @@ class ChunkReader:
 
     def close(self) -> None:
         """Unmap the file. Views from :meth:`raw` still held elsewhere keep it mapped until freed."""
-        for view in (getattr(self, "_offsets", None), self._buf):
+        for view in (getattr(self, "_offsets", None), self._buf, self._unchecked):
             if isinstance(view, memoryview):
                 view.release()
         self._offsets = ()
         self._buf = None
+        self._unchecked = None
         if self._mm is not None:
             # a caller may still hold a raw() view: then the mapping goes when that view does
             with contextlib.suppress(BufferError):

@@ -1,7 +1,9 @@
 """Where a dataset's chunks are read from: a :class:`ChunkSource`, chosen once per dataset.
 
 - :class:`LocalChunks`: a local-directory store. Chunks are memory-mapped in place, never
-  copied, and checked the first time this machine opens them (:class:`~benchkit.data.cache.VerifiedMarks`).
+  copied, and checked block by block as they are first read, every reader of the machine
+  sharing one record of the blocks checked; a fully checked file is remembered
+  (:class:`~benchkit.data.cache.VerifiedMarks`). Prefetching reads them into the page cache.
 - :class:`CachedChunks`: any other store (S3, GCS, a Bench server, tensorstore ``memory``/``file``).
   Chunks are downloaded into the verified local cache (:class:`~benchkit.data.cache.ChunkCache`)
   and read from there; a chunk being read or waiting to be read is pinned, so the cache never
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.data.cache import ChunkCache, VerifiedMarks, pin, unpin
-from benchkit.data.format import ChunkReader
+from benchkit.data.format import BLOCK_DIGEST_HEX, ChunkReader
 from benchkit.data.index import DatasetIndex, dataset_prefix
 from benchkit.data.plan import GlobalOrder
 from benchkit.data.prefetch import Prefetcher
@@ -115,9 +117,21 @@ class LocalChunks(ChunkSource):
         return path
 
     def prepare(self, c: int) -> Any:
-        """Check the whole chunk (once per machine: the check is remembered)."""
-        path = self._path(c)
-        self.marks.open_verified(path, self.index.chunks[c].sha256, self.label(c)).close()
+        """Get chunk ``c`` ready ahead of its readers: with block digests, ask the kernel to read
+        it into the page cache (the readers check the blocks they read, sharing the work); an
+        older chunk without them is checked whole (once per machine: the check is remembered)."""
+        info, path = self.index.chunks[c], self._path(c)
+        if info.blocks:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as e:
+                raise CorruptChunk(f"chunk {self.label(c)}: file {path} is missing") from e
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+            return None
+        self.marks.open_verified(path, info.sha256, self.label(c)).close()
         return None
 
     def open(self, c: int, prefetcher: Prefetcher | None = None) -> ChunkReader:
@@ -135,10 +149,12 @@ class LocalChunks(ChunkSource):
             raise CorruptChunk(f"chunk {label}: file {path} is missing") from e
         if self.marks.is_verified(path, info.sha256, st):
             return ChunkReader(path, label=label)
+        count = len(info.blocks) // BLOCK_DIGEST_HEX
         return ChunkReader(
             path,
             blocks=info.blocks,
             block_bytes=info.block_bytes,
+            checked=self.marks.block_map(path, info.sha256, st, count),
             on_verified=functools.partial(self.marks.mark, path, info.sha256, st),
             label=label,
         )

@@ -109,3 +109,39 @@ def test_an_index_without_block_digests_still_streams_and_is_checked_whole(tmp_p
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptChunk, match=index.chunks[1].file):
         list(bench.open_dataset("toy", store=url))
+
+
+def test_readers_of_one_machine_share_the_blocks_they_checked(tmp_path):
+    path, w = _write(tmp_path)
+    marks = VerifiedMarks(tmp_path / "marks")
+    st = os.stat(path)
+    count = len(w.blocks) // BLOCK_DIGEST_HEX
+
+    def reader(done):
+        return ChunkReader(
+            path,
+            blocks=w.blocks,
+            block_bytes=BLOCK,
+            checked=marks.block_map(path, w.sha256, st, count),
+            on_verified=lambda: done.append(1),
+        )
+
+    a_done, b_done = [], []
+    a, b = reader(a_done), reader(b_done)  # say, two DataLoader workers
+    for i in range(0, 20):
+        a[i]
+    for i in range(20, 40):
+        b[i]
+    assert not a_done and b_done == [1], "the second finished what the first left"
+    assert reader([]).fully_verified  # a later reader checks nothing
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))  # a changed file starts with nothing checked
+    with pytest.raises(CorruptChunk):
+        c = ChunkReader(
+            path,
+            blocks=w.blocks,
+            block_bytes=BLOCK,
+            checked=marks.block_map(path, w.sha256, os.stat(path), count),
+        )
+        c[len(c) - 1]
