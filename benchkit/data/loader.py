@@ -99,11 +99,17 @@ class StreamingDataLoader(DataLoader):
         finished = False
         batches = super().__iter__()  # forks the workers (first pass) before any thread starts:
         # a fork while a prefetch thread holds a file lock would leave the lock held in the child
+        # a remote store's chunks are downloaded for the workers from the start; local ones are
+        # only read ahead into the page cache, which waits for the first batch so that it does
+        # not queue in front of the first batch's own reads
+        later = self.num_workers > 0 and bool(total) and not remote
         try:
-            if self.num_workers > 0 and total:
+            if self.num_workers > 0 and total and not later:
                 prefetcher = ds.prefetcher(epoch, start, session=self._session if remote else None)
             for batch in batches:
                 self._delivered = min(per_rank, self._delivered + step)
+                if later:
+                    prefetcher, later = ds.prefetcher(epoch, start), False
                 if prefetcher is not None:
                     prefetcher.advance(start + self._delivered * world, lookahead)
                 if self.device is not None:

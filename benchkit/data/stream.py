@@ -366,8 +366,11 @@ class IterableChunk(IterableDataset):
         source = self.chunks
         self._consumed_here = 0
         prefetcher = None
-        if info is None and not (source.local and len(self.index.chunks) <= 1):
+        wanted = info is None and not (source.local and len(self.index.chunks) <= 1)
+        if wanted and not source.local:
             prefetcher = self.prefetcher(epoch, start)
+        # local chunks are read ahead only once the first sample is out (see the loader)
+        later = wanted and source.local
         window = Window(source, order, prefetcher)
         try:
             for positions in self._shard(info).positions(total, start):
@@ -376,6 +379,9 @@ class IterableChunk(IterableDataset):
                     sample = window.reader(c, p)[i]
                     self._consumed_here += 1
                     yield sample
+                    if later:
+                        prefetcher = window.prefetcher = self.prefetcher(epoch, start)
+                        later = False
         finally:
             window.close()
             if prefetcher is not None:
