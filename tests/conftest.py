@@ -146,3 +146,41 @@ def store_url(request, tmp_path):
         use_project(request.getfixturevalue("monkeypatch"), server)
         return server.url
     return request.getfixturevalue("s3_store_url")
+
+
+# --- a directory made read-only for real ---------------------------------------------------------
+
+
+@pytest.fixture
+def read_only():
+    """``with read_only(path):`` makes directory ``path`` read-only for real: a read-only bind
+    mount when the tests run as root (root ignores file modes), else mode 0o555. Where root
+    cannot mount, the test fails under CI and is skipped elsewhere."""
+    import contextlib
+    import os
+    import subprocess
+
+    @contextlib.contextmanager
+    def make(path):
+        path = str(path)
+        if os.geteuid() != 0:
+            mode = os.stat(path).st_mode
+            os.chmod(path, 0o555)
+            try:
+                yield
+            finally:
+                os.chmod(path, mode)
+            return
+        bind = subprocess.run(["mount", "--bind", path, path], capture_output=True, text=True)
+        if bind.returncode != 0:
+            why = f"cannot bind-mount {path} read-only: {bind.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(why)
+            pytest.skip(why)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", path], check=True)
+
+    return make

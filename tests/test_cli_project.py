@@ -72,6 +72,70 @@ def test_config_set_and_unset(capsys):
     assert json.loads(capsys.readouterr().out)["settings"]["cache_limit"]["source"] == "default"
 
 
+@pytest.mark.parametrize(
+    "url,says",
+    [
+        ("ftp://host/x", "supported: a directory path"),
+        ("s3://", "names no bucket"),
+        ("s3://Bad_Bucket/p", "not a valid bucket name"),
+        ("s3://bkt/p?endpoint=localhost:9000", "not an http(s) URL with a host"),
+        ("s3://bkt/p?endpont=http://127.0.0.1:9000", "unknown option(s) endpont"),
+        ("s3://bkt/p?region=Not A Region", "not a region name"),
+        ("gs://b", "not a valid bucket name"),
+        ("gs://bkt/p?endpoint=http://x", "TENSORSTORE_GCS_HTTP_URL"),
+        ("file://relative/dir", "absolute path"),
+        ("http://:8000", "not an http(s) URL with a host"),
+    ],
+)
+def test_config_set_store_rejects_a_malformed_url_and_saves_nothing(url, says, capsys):
+    assert main(["config", "set", "store", url]) == 1
+    assert says in " ".join(capsys.readouterr().err.split())
+    assert not get_paths().settings_file.exists()
+
+
+def test_config_set_store_rejects_an_unusable_directory(tmp_path, capsys, read_only):
+    (tmp_path / "a-file").write_text("x")
+    assert main(["config", "set", "store", str(tmp_path / "a-file")]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        for target in (locked, locked / "new" / "store"):
+            assert main(["config", "set", "store", str(target)]) == 1
+            assert "writable" in " ".join(capsys.readouterr().err.split())
+    assert not get_paths().settings_file.exists()
+
+
+def test_config_set_store_accepts_good_urls_and_makes_a_directory_absolute(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    for url in (
+        "s3://my-bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1",
+        "gs://my-bucket/benchkit",
+        "http://127.0.0.1:8000",
+        "memory://x",
+        f"file://{tmp_path}/store",
+    ):
+        assert main(["config", "set", "store", url]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+        main(["config", "--json"])
+        assert json.loads(capsys.readouterr().out)["settings"]["store"]["value"] == url
+    assert main(["config", "set", "store", "rel/store"]) == 0
+    assert str(tmp_path / "rel" / "store") in " ".join(capsys.readouterr().out.split())
+    main(["config", "--json"])
+    assert json.loads(capsys.readouterr().out)["settings"]["store"]["value"] == str(
+        tmp_path / "rel" / "store"
+    )
+
+
+def test_config_set_checks_endpoints_and_sizes(capsys):
+    assert main(["config", "set", "s3_endpoint", "127.0.0.1:9000"]) == 1
+    assert main(["config", "set", "cache_limit", "lots"]) == 1
+    assert "invalid size" in capsys.readouterr().err
+    assert main(["config", "set", "s3_endpoint", "http://127.0.0.1:9000"]) == 0
+
+
 def test_startproject_creates_the_template(tmp_path):
     target = tmp_path / "myproj"
     r = run_cli("startproject", str(target))

@@ -162,7 +162,13 @@ def _split_targets(targets: list[str]) -> tuple[Path, list[str]]:
 
 def cmd_migrate_data(args: argparse.Namespace) -> int:
     from benchkit.data.declare import datasets_in_module, project_root_for
-    from benchkit.data.migrate import check_dataset, chunk, migration_lock, staging_store
+    from benchkit.data.migrate import (
+        check_dataset,
+        chunk,
+        migration_lock,
+        probe_store,
+        staging_store,
+    )
     from benchkit.registry import import_user_module
 
     module_file, names = _split_targets(list(args.targets))
@@ -189,6 +195,8 @@ def cmd_migrate_data(args: argparse.Namespace) -> int:
         raise DataError(f"{flag} belongs to the upload step: add --upload (or give no step flag)")
     project_root = project_root_for(module_file)
     store = _store(args, project_root) if do_upload else None
+    if store is not None:
+        probe_store(store)  # an unreachable or read-only store fails now, not after chunking
     staging = staging_store(project_root)
     interactive = console.is_terminal
     skipped: list[str] = []

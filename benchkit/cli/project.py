@@ -112,9 +112,25 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(key: str, value: str) -> str:
+    """``value`` for setting ``key``, normalised, or a clear error (nothing is saved then)."""
+    from benchkit.store.urls import check_endpoint, check_store_url
+    from benchkit.units import parse_size
+
+    if key == "store":
+        return check_store_url(value)
+    if key == "s3_endpoint":
+        return check_endpoint(value, what="s3_endpoint")
+    if key == "cache_limit":
+        parse_size(value)
+    return value
+
+
 def cmd_config_set(args: argparse.Namespace) -> int:
-    path = write_user_setting(args.key, args.value)
-    console.print(f"{args.key} = {args.value!r} saved in {path}", highlight=False)
+    value = _checked(args.key, args.value)
+    path = write_user_setting(args.key, value)
+    note = f" (from {args.value!r})" if value != args.value else ""
+    console.print(f"{args.key} = {value!r}{note} saved in {path}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -37,7 +37,15 @@ from benchkit.data.format import ChunkReader, check_schema, encode_parts
 from benchkit.data.index import INDEX_FILE, DatasetIndex, dataset_prefix, load_index
 from benchkit.data.verify import object_sha256
 from benchkit.data.writer import ChunkStats, chunk_samples, staging_root
-from benchkit.errors import BenchKitError, DataError, DatasetNotFound, ObjectNotFound
+from benchkit.errors import (
+    BenchKitError,
+    DataError,
+    DatasetNotFound,
+    ObjectNotFound,
+    StoreConnectionError,
+    StoreError,
+    StorePermissionError,
+)
 from benchkit.fsutil import exclusive_lock
 from benchkit.store import LocalStore, Store, open_store
 
@@ -52,6 +60,7 @@ __all__ = [
     "declaration_fingerprint",
     "ensure_migrated",
     "migration_lock",
+    "probe_store",
     "staging_store",
     "upload_dataset",
 ]
@@ -411,6 +420,31 @@ def upload_dataset(
     )
 
 
+#: where :func:`probe_store` writes its probe objects (never a dataset's prefix)
+PROBE_PREFIX = "_probe/"
+
+
+def probe_store(store: Store) -> None:
+    """Fail now when ``store`` cannot be reached or written, before any chunking: a small
+    object is written, read back and deleted. The error keeps its type (connection,
+    permission) and says that nothing was chunked or uploaded."""
+    key = f"{PROBE_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+    payload = b"benchkit write probe"
+    try:
+        store.put(key, payload)
+        try:
+            if store.get(key) != payload:
+                raise StoreError(f"store {store.url} returned other bytes than were written")
+        finally:
+            store.delete(key)
+    except (StoreConnectionError, StorePermissionError, StoreError) as e:
+        if type(e) not in (StoreConnectionError, StorePermissionError, StoreError):
+            raise
+        raise type(e)(
+            f"{e} (store checked before chunking: nothing was chunked or uploaded)"
+        ) from e
+
+
 def clean_staging(name: str, project_root: str | os.PathLike[str]) -> Path | None:
     """Drop the staged copy of dataset ``name``; returns its folder, or None if there was none."""
     folder = staging_root(project_root) / dataset_prefix(name).rstrip("/")
@@ -460,6 +494,7 @@ def ensure_migrated(
             soft_wrap=True,
         )
         interactive = console.is_terminal
+        probe_store(store)
         chunk(decl, progress=interactive, project_root=root)
         upload_dataset(decl.name, staging_store(root), store, progress=interactive)
     return True

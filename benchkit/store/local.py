@@ -45,6 +45,10 @@ class LocalStore(Store):
             return StorePermissionError(
                 f"permission denied on '{key}' in store {self.url}: check the directory's owner and mode"
             )
+        if e.errno == errno.EROFS:
+            return StorePermissionError(
+                f"cannot write '{key}' to store {self.url}: its filesystem is mounted read-only"
+            )
         if e.errno == errno.ENOSPC:
             return StoreError(
                 f"no space left writing '{key}' to store {self.url}: free some disk space"
