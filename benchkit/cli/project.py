@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -163,8 +164,24 @@ def cmd_startproject(args: argparse.Namespace) -> int:
     name = args.name or target.name
     copy_template(target, name)
     console.print(f"[green]created project[/green] {name!r} in {target}", highlight=False)
-    console.print(f"next: cd {os.path.relpath(target)} && python -m benchkit run train.py")
+    console.print("next:", highlight=False)
+    for line in next_commands(target):
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     return 0
+
+
+#: what a new project runs first: draw the sample images, then train (which migrates the
+#: datasets of Datasets/ProjectDatasets.py on first use)
+FIRST_STEPS = (
+    "python make_data.py --count 300 --size 32   # draw a small cat/dog image set into data/",
+    "python -m benchkit run train.py             # migrates the datasets, then trains",
+)
+
+
+def next_commands(target: Path) -> list[str]:
+    """The shell lines ``startproject`` prints after creating ``target``."""
+    rel = os.path.relpath(target)
+    return ([] if rel == "." else [f"cd {shlex.quote(rel)}"]) + list(FIRST_STEPS)
 
 
 def copy_template(target: Path, name: str) -> None:

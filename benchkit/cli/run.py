@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TRACKER",
         help="also log to this Accelerate tracker (e.g. tensorboard); repeatable",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop, instead of warning, when a declared dataset no longer matches the one in "
+        "the store",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -85,6 +91,7 @@ def request_from(args: argparse.Namespace) -> object:
         log_with=list(args.log_with or []),
         processes=processes_from(args.processes),
         run_id=args.run_id,
+        strict=bool(args.strict),
     )
 
 

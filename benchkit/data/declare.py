@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -268,5 +269,27 @@ def datasets_in_module(module: ModuleType) -> dict[str, DeclaredDataset]:
     found: dict[str, DeclaredDataset] = dict(declared(module, DATASET))
     if _is_classic_module(module):
         for name, decl in _classic_datasets(module).items():
+            found.setdefault(name, decl)
+    return found
+
+
+def datasets_in_project(module: ModuleType, project_root: str | Path) -> dict[str, DeclaredDataset]:
+    """The datasets ``module`` declares, then those of the project modules it has imported
+    (a training script's ``Datasets/ProjectDatasets.py``, say): what it may stream. Modules
+    outside ``project_root`` and installed packages are not looked at."""
+    found = dict(datasets_in_module(module))
+    root = Path(project_root).resolve()
+    seen = {Path(module.__file__).resolve()} if getattr(module, "__file__", None) else set()
+    for other in list(sys.modules.values()):
+        # vars(), not getattr(): some modules (torch.classes) answer every attribute lookup
+        file = vars(other).get("__file__") if isinstance(other, ModuleType) else None
+        if not isinstance(file, str):
+            continue
+        path = Path(file).resolve()
+        installed = "site-packages" in path.parts or "dist-packages" in path.parts
+        if path in seen or installed or root not in path.parents:
+            continue
+        seen.add(path)
+        for name, decl in datasets_in_module(other).items():
             found.setdefault(name, decl)
     return found

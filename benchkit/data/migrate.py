@@ -61,6 +61,7 @@ __all__ = [
     "ensure_migrated",
     "migration_lock",
     "probe_store",
+    "stale_dataset",
     "staging_store",
     "upload_dataset",
 ]
@@ -129,6 +130,32 @@ def _fingerprinted(samples: Callable[[], Iterable[Any]], into: dict[str, Any]) -
         n += 1
         yield sample
     into["fingerprint"] = f"{n}:{digest.hexdigest()}"
+
+
+def stale_dataset(decl: Any, store: Store | str | None) -> str | None:
+    """Why dataset ``decl.name`` in ``store`` no longer matches its declaration (a message
+    that says how to re-migrate it), or None when it matches or its index has no fingerprint
+    (migrated by an older BenchKit). Costs one pass over the declaration's samples."""
+    store = open_store(store)
+    index = load_index(store, decl.name)
+    stored = index.extra.get("fingerprint")
+    if not stored:
+        return None
+    now = declaration_fingerprint(decl)
+    if now == stored:
+        return None
+    count = now.split(":", 1)[0]
+    what = (
+        f"it now gives {count} samples"
+        if count != str(index.num_samples)
+        else f"its {count} samples now differ"
+    )
+    module = index.extra.get("declared_in") or decl.module_file or "path/to/train.py"
+    return (
+        f"dataset '{decl.name}' in store {store.url} no longer matches its declaration in "
+        f"{module}: the store holds {index.num_samples} samples migrated {index.created}, "
+        f"{what}. Re-migrate it with `python -m benchkit migrate data {module} {decl.name} --yes`"
+    )
 
 
 def declaration_fingerprint(decl: Any) -> str:

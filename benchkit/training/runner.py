@@ -26,9 +26,9 @@ from typing import Any
 
 from benchkit.code.package import checkout
 from benchkit.console import err_console
-from benchkit.data.declare import datasets_in_module
-from benchkit.data.migrate import ensure_migrated
-from benchkit.errors import BenchKitError, ConfigError, TrainError
+from benchkit.data.declare import datasets_in_module, datasets_in_project
+from benchkit.data.migrate import ensure_migrated, stale_dataset
+from benchkit.errors import BenchKitError, ConfigError, DataError, DatasetNotFound, TrainError
 from benchkit.registry import TRAIN, declared, import_user_module
 from benchkit.settings import get_paths, load_settings
 from benchkit.store import Store, open_store
@@ -155,16 +155,24 @@ def apply_overrides(defaults: dict[str, Any], pairs: list[str]) -> dict[str, Any
 
 
 def migrate_missing_datasets(
-    module: ModuleType, store: Store, project_root: Path | None
+    module: ModuleType, store: Store, project_root: Path | None, strict: bool = False
 ) -> list[str]:
-    """Migrate the module's declared datasets that the store does not have yet; returns their
-    names. (The place where a changed dataset would be checked against the store, too.)"""
+    """Migrate the datasets the module (and the project modules it imports) declares that
+    the store does not have yet; returns their names. A stored dataset that no longer matches
+    its declaration gets a warning, or with ``strict`` a :class:`DataError`. All of this
+    happens before the run is recorded."""
     migrated = []
     root = project_root or Path(module.__file__).parent
-    for name, decl in datasets_in_module(module).items():
+    for name, decl in datasets_in_project(module, root).items():
         if ensure_migrated(decl, store, root):
             err_console.print(f"[green]dataset {name!r} migrated[/green]")
             migrated.append(name)
+            continue
+        stale = stale_dataset(decl, store)
+        if stale and strict:
+            raise DataError(f"{stale} (--strict: not training on a stale dataset)")
+        if stale:
+            err_console.print(f"[yellow]warning:[/yellow] {stale}", highlight=False, soft_wrap=True)
     return migrated
 
 
@@ -194,6 +202,8 @@ class RunRequest:
     processes: int = 1
     #: the new run's id (default: a fresh one from the time and the name)
     run_id: str | None = None
+    #: stop (instead of warning) when a declared dataset no longer matches the stored one
+    strict: bool = False
 
 
 def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
@@ -256,7 +266,7 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
     else:
         fn = find_train_function(module, req.fn)
         name = req.name or fn.__benchkit_name__
-    migrate_missing_datasets(module, store, settings.project_root)
+    migrate_missing_datasets(module, store, settings.project_root, strict=req.strict)
     resume = req.resume is not None
     if classic:
         config, run_id = {}, runs.new_run_id(name)
@@ -413,7 +423,8 @@ def run_classic(spec: RunSpec, module: ModuleType) -> int:
         if isinstance(e, SystemExit) and e.code in (0, None):
             return 0
         tb = traceback.format_exc()
-        _mark_if_running(spec, runs.FAILED, tb, create=True)
+        # a dataset that is merely not migrated yet does not make a (failed) run
+        _mark_if_running(spec, runs.FAILED, tb, create=not isinstance(e, DatasetNotFound))
         if isinstance(e, BenchKitError):
             raise
         err_console.print(tb, highlight=False, markup=False)

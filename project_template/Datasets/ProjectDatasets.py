@@ -4,8 +4,9 @@
 (an ``IterableChunk``) turns the stored samples back into what the model eats; ``main()`` lists
 the datasets to migrate. ``python manage.py migrate-data`` chunks, tests and uploads them.
 
-The images come from ``examples/catdog/make_data.py`` (``python make_data.py --out data``);
-``CATDOG_DATA`` points at another folder holding ``train/`` and ``val/``.
+The images come from the project's ``make_data.py`` (``python make_data.py --count 300 --size
+32`` draws a quick set into ``data/``); ``CATDOG_DATA`` points at another folder holding
+``train/`` and ``val/``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def _list(split: str) -> list[str]:
     names = sorted(p.name for p in folder.glob("*.jpg"))
     if not names:
         raise FileNotFoundError(
-            f"no images in {folder}: run examples/catdog/make_data.py --out {DATA}"
+            f"no images in {folder}: draw a sample set with `python make_data.py --count 300 "
+            f"--size 32 --out {DATA}` in the project, or point CATDOG_DATA at your images"
         )
     return names
 

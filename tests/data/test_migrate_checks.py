@@ -4,7 +4,6 @@ directory (a real read-only bind mount), a dead S3 endpoint, a bucket that does 
 from __future__ import annotations
 
 import socket
-import textwrap
 
 import pytest
 
@@ -26,13 +25,8 @@ def flat(text: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "train.py").write_text(textwrap.dedent(TRAIN_PY))
-    (root / "benchkit.toml").write_text('[project]\nname = "proj"\n')
-    monkeypatch.chdir(root)
-    return root
+def project(make_project):
+    return make_project(TRAIN_PY, store=None)
 
 
 def migrate(capsys, store: str) -> tuple[int, str]:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -46,15 +45,12 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(make_project):
     """A project whose dataset 'train' (6+ chunks) is migrated into ./store."""
-    root = tmp_path / "proj"
-    (root / "files").mkdir(parents=True)
+    root = make_project(TRAIN_PY)
+    (root / "files").mkdir()
     for i in range(16):
         (root / "files" / f"{i:03d}.bin").write_bytes(os.urandom(1500 + 37 * i))
-    (root / "train.py").write_text(textwrap.dedent(TRAIN_PY))
-    (root / "benchkit.toml").write_text('[project]\nname = "proj"\nstore = "store"\n')
-    monkeypatch.chdir(root)
     code = main(["migrate", "data", "--chunk", "--upload", "--workers", "1"])
     assert code == 0
     return root
@@ -205,7 +201,7 @@ def _hidden_keys(s3, bucket: str) -> set[str]:
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_killed_migrate_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
-    tmp_path, moto_server, s3_bucket
+    make_project, moto_server, s3_bucket
 ):
     """`migrate data` SIGKILLed while it uploads a chunk bigger than a part leaves hidden parts
     in the bucket; the next successful upload of the dataset removes them all."""
@@ -214,10 +210,7 @@ def test_killed_migrate_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
     from benchkit.store import open_store
     from benchkit.store.tensorstore import MAGIC
 
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "train.py").write_text(textwrap.dedent(BIG_PY))
-    (root / "benchkit.toml").write_text('[project]\nname = "big"\n')
+    root = make_project(BIG_PY, store=None)
     (root / "blob.bin").write_bytes(os.urandom(72 * 1024 * 1024))  # 3 parts of 32 MiB
     url = f"s3://{s3_bucket}/p?endpoint={moto_server}&region=us-east-1"
     env = {**os.environ, "BENCHKIT_STORE": url, "PYTHONDONTWRITEBYTECODE": "1"}
