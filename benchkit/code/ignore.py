@@ -1,23 +1,26 @@
 """Which project files a code package may hold: ``.gitignore`` / ``.benchkitignore`` rules
 plus the things BenchKit never packages.
 
-The rule files use gitignore syntax; the common subset is implemented as git does it:
-``#`` comments, ``!`` negation (the last matching rule wins), ``dir/`` patterns that match
+The rule files use gitignore syntax, matched by ``pathspec`` (git's own wildmatch rules:
+comments, ``!`` negation with the last matching rule winning, ``dir/`` patterns that match
 directories only, patterns with a ``/`` anchored to the rule file's directory, ``*``, ``?``,
-``[...]`` and ``**``. As in git, a file inside an ignored directory cannot be re-included.
-Rule files may sit in any directory and apply below it; deeper files override shallower ones,
-and in one directory ``.benchkitignore`` overrides ``.gitignore`` (so ``!name`` in
-``.benchkitignore`` can take back something git ignores).
+``[...]``, ``**``, escapes and trailing spaces). As in git, a file inside an ignored directory
+cannot be re-included, and ``dir/**`` matches what is inside ``dir``, not ``dir`` itself (so
+``!dir/keep.py`` still works after it). Rule files may sit in any directory and apply below
+it; deeper files override shallower ones, and in one directory ``.benchkitignore`` overrides
+``.gitignore`` (so ``!name`` in ``.benchkitignore`` can take back something git ignores).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pathspec import GitIgnoreSpec
 
 from benchkit.errors import ConfigError
 
@@ -53,13 +56,14 @@ NEVER_SUFFIXES = (".pyc", ".pyo", ".ckpt", ".safetensors")
 
 @dataclass(frozen=True)
 class Rule:
-    """One line of a rule file."""
+    """One line of a rule file (a compiled ``pathspec`` gitignore pattern)."""
 
     base: str  # directory of the rule file, relative to the root ("" for the root)
     pattern: str  # the line as written (for messages)
-    regex: re.Pattern[str]
+    compiled: Any  # the pathspec pattern
     negate: bool
-    dir_only: bool
+    #: ``dir/**``: matches what is inside ``dir``, never ``dir`` itself (as in git)
+    inside_only: bool = False
     source: str = ""  # the rule file, relative to the root
 
     def describe(self) -> str:
@@ -67,93 +71,34 @@ class Rule:
 
     def matches(self, rel: str, is_dir: bool) -> bool:
         """Does this rule match ``rel`` (relative to the root, posix)?"""
-        if self.dir_only and not is_dir:
-            return False
         if self.base:
             if not rel.startswith(self.base + "/"):
                 return False
             rel = rel[len(self.base) + 1 :]
-        return self.regex.fullmatch(rel) is not None
-
-
-def _translate(pat: str) -> str:
-    """A gitignore glob (already stripped of ``!``, leading and trailing ``/``) as a regex."""
-    out: list[str] = []
-    i, n = 0, len(pat)
-    while i < n:
-        c = pat[i]
-        if c == "*":
-            if pat.startswith("**", i):
-                at_start = i == 0 or pat[i - 1] == "/"
-                j = i + 2
-                if at_start and j < n and pat[j] == "/":  # "**/" : zero or more directories
-                    out.append("(?:.*/)?")
-                    i = j + 1
-                    continue
-                if at_start and j == n:  # trailing "/**" : everything inside
-                    out.append(".*")
-                    i = j
-                    continue
-                out.append("[^/]*")  # "**" elsewhere acts like "*"
-                i = j
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = i + 1
-            if j < n and pat[j] in "!^":
-                j += 1
-            if j < n and pat[j] == "]":
-                j += 1
-            while j < n and pat[j] != "]":
-                j += 1
-            if j >= n:  # unterminated: a literal "["
-                out.append(re.escape(c))
-            else:
-                body = pat[i + 1 : j]
-                if body[:1] in "!^":
-                    body = "^" + body[1:]
-                body = body.replace("\\", "\\\\")
-                out.append(f"[{body}]")
-                i = j
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pat[i]))
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
+        if is_dir:
+            if self.inside_only:
+                return False
+            rel += "/"  # how pathspec tells a directory from a file
+        return self.compiled.match_file(rel) is not None
 
 
 def parse_rules(text: str, base: str = "", source: str = "") -> list[Rule]:
     """Parse the text of a gitignore-style file found in directory ``base`` (relative, posix)."""
     rules: list[Rule] = []
     for raw in text.splitlines():
-        line = raw.rstrip("\r")
-        # trailing spaces are ignored unless escaped with a backslash
-        stripped = line.rstrip(" ")
-        if stripped.endswith("\\") and len(stripped) < len(line):
-            stripped += " "
-        line = stripped
-        if not line or line.startswith("#"):
+        [compiled] = GitIgnoreSpec.from_lines([raw]).patterns or [None]
+        if compiled is None or compiled.include is None:  # blank or a comment
             continue
-        negate = False
-        if line.startswith("!"):
-            negate, line = True, line[1:]
-        elif line.startswith("\\!") or line.startswith("\\#"):
-            line = line[1:]
-        dir_only = line.endswith("/")
-        line = line.rstrip("/")
-        if not line:
-            continue
-        anchored = "/" in line
-        body = line.lstrip("/")
-        regex = _translate(body)
-        if not anchored:
-            regex = "(?:.*/)?" + regex
+        body = raw.strip().lstrip("!")
         rules.append(
-            Rule(base, raw.strip(), re.compile(regex, re.DOTALL), negate, dir_only, source)
+            Rule(
+                base,
+                raw.strip(),
+                compiled,
+                negate=not compiled.include,
+                inside_only=body.rstrip("/").endswith("/**") or body == "**",
+                source=source,
+            )
         )
     return rules
 
@@ -268,13 +213,24 @@ class ProjectFiles:
         return sorted(found)
 
 
-def glob_matcher(pattern: str) -> re.Pattern[str]:
-    """A regex for one ``include`` pattern (gitignore glob syntax, relative to the root); a
-    pattern naming a directory takes everything inside it."""
+class IncludePattern:
+    """One ``include`` pattern of ``[code]`` (gitignore glob syntax, relative to the root);
+    a pattern naming a directory takes everything inside it."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def fullmatch(self, rel: str) -> bool:
+        """Does the pattern take file ``rel`` (relative to the root, posix)?"""
+        return self.rule.matches(rel, False)
+
+
+def glob_matcher(pattern: str) -> IncludePattern:
+    """The matcher for one ``include`` pattern (see :class:`IncludePattern`)."""
     rules = parse_rules(pattern)
     if len(rules) != 1 or rules[0].negate:
         raise ConfigError(
             f"invalid [code] include pattern {pattern!r}: give one glob such as "
             "'configs/*.yaml' or 'assets/' (leave files out with .benchkitignore)"
         )
-    return re.compile(f"(?:{rules[0].regex.pattern})(?:/.*)?", re.DOTALL)
+    return IncludePattern(rules[0])

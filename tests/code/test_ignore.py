@@ -63,6 +63,17 @@ def test_files_inside_an_ignored_directory_cannot_be_re_included(tmp_path: Path,
     assert files.excluded("in/keep.py") is None
 
 
+def test_a_file_under_dir_star_star_can_be_re_included_as_in_git(tmp_path: Path, write) -> None:
+    write(
+        tmp_path,
+        {".gitignore": "logs/**\n!logs/keep.py\n", "logs/keep.py": "", "logs/run.py": ""},
+    )
+    files = ProjectFiles(tmp_path)
+    assert files.excluded("logs/keep.py") is None
+    assert "logs/**" in (files.excluded("logs/run.py") or "")
+    assert files.walk() == [".gitignore", "logs/keep.py"]
+
+
 def test_benchkitignore_overrides_gitignore_and_nested_files_apply_below(
     tmp_path: Path, write
 ) -> None:
