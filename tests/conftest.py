@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from serverkit import bench_server, pg_server, postgres, sqlite_server, use_project  # noqa: F401
+from storekit import BACKENDS, fresh_store_url
 
 
 @pytest.fixture(autouse=True)
@@ -117,35 +118,107 @@ def s3_store_url(moto_server, s3_bucket):
     return f"s3://{s3_bucket}/prefix?endpoint={moto_server}&region=us-east-1"
 
 
-@pytest.fixture(
-    params=[
-        "local",
-        "memory",
-        "tensorstore-file",
-        pytest.param("s3", marks=pytest.mark.s3),
-        pytest.param("http", marks=pytest.mark.server),
-        pytest.param("http-pg", marks=pytest.mark.server),
-    ]
-)
-def store_url(request, tmp_path):
-    """A URL for an empty store of each backend in turn: a local directory, ``memory://``
-    (a fresh name), ``tensorstore+file://``, S3 on moto (a fresh bucket) and a Bench server on
-    SQLite and on PostgreSQL (a fresh project, its key in ``BENCHKIT_API_KEY``)."""
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """A GCS JSON API server on a free port of 127.0.0.1 for the whole session (the
+    gcp-storage-emulator, completed by tests/store/gcs_emulator.py); yields its URL and points
+    tensorstore's GCS driver at it (``TENSORSTORE_GCS_HTTP_URL``, which subprocesses inherit)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    launcher = Path(__file__).resolve().parent / "store" / "gcs_emulator.py"
+    log = open(tmp_path_factory.mktemp("gcs") / "gcs.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the GCS emulator exited with {proc.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(url + "/storage/v1/b?project=test", timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the GCS emulator did not answer on {url} within 60 s")
+                time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+            yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def gs_store_url(gcs_server):
+    """``gs://<fresh bucket>/prefix`` on the GCS emulator."""
+    import json
+    import urllib.request
     import uuid
 
-    if request.param == "local":
-        return str(tmp_path / "store")
-    if request.param == "memory":
-        return f"memory://test-{uuid.uuid4().hex[:12]}"
-    if request.param == "tensorstore-file":
-        return f"tensorstore+file://{tmp_path / 'ts-store'}"
-    if request.param.startswith("http"):
-        server = request.getfixturevalue(
-            "pg_server" if request.param == "http-pg" else "sqlite_server"
-        )
-        use_project(request.getfixturevalue("monkeypatch"), server)
-        return server.url
-    return request.getfixturevalue("s3_store_url")
+    name = f"bk-{uuid.uuid4().hex[:12]}"
+    request = urllib.request.Request(
+        f"{gcs_server}/storage/v1/b?project=test",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+    return f"gs://{name}/prefix"
+
+
+@pytest.fixture
+def local_store_url(tmp_path):
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def memory_store_url():
+    import uuid
+
+    return f"memory://test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def tensorstore_file_store_url(tmp_path):
+    return f"tensorstore+file://{tmp_path / 'ts-store'}"
+
+
+@pytest.fixture
+def http_store_url(request, monkeypatch):
+    """A Bench server on SQLite: a fresh project, its key in ``BENCHKIT_API_KEY``."""
+    server = request.getfixturevalue("sqlite_server")
+    use_project(monkeypatch, server)
+    return server.url
+
+
+@pytest.fixture
+def http_pg_store_url(request, monkeypatch):
+    """A Bench server on PostgreSQL: a fresh project, its key in ``BENCHKIT_API_KEY``."""
+    server = request.getfixturevalue("pg_server")
+    use_project(monkeypatch, server)
+    return server.url
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request):
+    """A URL for an empty store of each backend in turn: a local directory, ``memory://``
+    (a fresh name), ``tensorstore+file://``, S3 on moto (a fresh bucket) and a Bench server on
+    SQLite and on PostgreSQL (see tests/storekit.py; tests/store adds GCS on its emulator)."""
+    return fresh_store_url(request)
 
 
 # --- a directory made read-only for real ---------------------------------------------------------

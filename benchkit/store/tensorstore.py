@@ -50,7 +50,8 @@ S3: ``s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1``; else
 the spec. Credentials come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, else
 ``~/.aws/credentials`` (profile ``AWS_PROFILE``), else anonymous access.
 GCS: ``gs://bucket/prefix``; a local GCS-compatible server is selected with the environment
-variable ``TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:PORT`` (tensorstore has no endpoint field).
+variable ``TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:PORT`` (tensorstore has no endpoint field);
+the contract suite runs against ``gcp-storage-emulator`` that way (tests/store/gcs_emulator.py).
 Requests are retried ``BENCHKIT_S3_RETRIES`` times (default 3, backoff 0.1 s to 1 s), so a dead
 endpoint fails within seconds instead of minutes.
 """

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from storekit import BACKENDS, GCS, fresh_store_url
 
 from benchkit.store import LocalStore, Store, open_store
 from benchkit.store.base import is_hidden
@@ -24,6 +25,12 @@ def open_test_store(url: str, part_size: int = PART) -> Store:
     if url.startswith(("http://", "https://")):
         return HttpStore.from_url(url, part_size=part_size)
     return open_store(url)
+
+
+@pytest.fixture(params=[*BACKENDS, GCS])
+def store_url(request):
+    """The contract suite's backends: those of tests/conftest.py plus GCS on its emulator."""
+    return fresh_store_url(request)
 
 
 @pytest.fixture

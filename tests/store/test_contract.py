@@ -1,4 +1,5 @@
-"""The store contract: every backend (local, memory, tensorstore file, S3 on moto) behaves alike.
+"""The store contract: every backend (local, memory, tensorstore file, S3 on moto, GCS on its
+emulator) behaves alike.
 
 Tensorstore backends run with 1 MiB parts here, so a few MB exercise the multi-part paths.
 """
@@ -251,7 +252,7 @@ KILLED_PUT = textwrap.dedent(
     from benchkit.store import open_store
     from benchkit.store.tensorstore import TensorStoreStore
     url = sys.argv[1]
-    if url.startswith(("tensorstore+file://", "s3://")):
+    if url.startswith(("tensorstore+file://", "s3://", "gs://")):
         store = TensorStoreStore.from_url(url, part_size=int(sys.argv[2]))
     else:
         store = open_store(url)
