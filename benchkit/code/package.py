@@ -7,9 +7,11 @@ A package holds the entry module, the project-local modules it imports (transiti
 size). The archive holds nothing that changes between two runs over the same files, so the
 same code always gives the same sha256 and re-migrating it stores nothing new.
 
-Store layout, per version ``N``: ``code/N/code.tar.gz`` then ``code/N/manifest.json`` (the
-embedded manifest plus the version, creation time, message, project and the archive's sha256
-and size). The manifest is written last, so a version is whole or absent.
+Store layout, per version ``N``: ``code/N/claim.json`` (created only if absent: of two
+``migrate code`` runs racing for ``N``, one gets it and the other takes the next number), then
+``code/N/code.tar.gz``, then ``code/N/manifest.json`` (the embedded manifest plus the version,
+creation time, message, project and the archive's sha256 and size). The manifest is written
+last, so a version is whole or absent.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ FORMAT_VERSION = 1
 PREFIX = "code/"
 ARCHIVE_NAME = "code.tar.gz"
 MANIFEST_NAME = "manifest.json"
+CLAIM_NAME = "claim.json"
 #: The manifest's name inside the archive (and in a pulled directory).
 EMBEDDED_MANIFEST = "benchkit-manifest.json"
 #: Project files that travel with the code when present at the root.
@@ -409,7 +412,13 @@ def migrate_code(
         numbers = {m.version for m in existing}
         replaced = False
         if version is None:
-            version = max(_stored_numbers(store), default=0) + 1
+            version = _claim_next(store, max(_stored_numbers(store), default=0) + 1)
+        elif not _claim(store, version) and version not in numbers and not force:
+            raise CodePackageError(
+                f"code version {version} is being written by another `migrate code` (or one "
+                f"was interrupted) in store {store.url}; leave out --version to store the next "
+                f"free number, or pass --force to take {version} over"
+            )
         elif version in numbers:
             if not force:
                 old = next(m for m in existing if m.version == version)
@@ -428,6 +437,36 @@ def migrate_code(
         store.put_file(archive_key(version), pkg.archive)
         store.put_json(manifest_key(version), manifest.to_dict())
     return MigrateResult(version, True, manifest, replaced)
+
+
+#: most version numbers tried by one ``migrate code`` before it gives up
+MAX_CLAIMS = 1000
+
+
+def claim_key(version: int) -> str:
+    """``code/N/claim.json``: created (only if absent) before anything else of version N, and
+    kept, so two ``migrate code`` runs racing for a number never both get it."""
+    return f"{PREFIX}{version}/{CLAIM_NAME}"
+
+
+def _claim(store: Store, version: int) -> bool:
+    claim = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }
+    return store.put_if_absent(claim_key(version), json.dumps(claim, sort_keys=True).encode())
+
+
+def _claim_next(store: Store, first: int) -> int:
+    """The first version number from ``first`` on that this process could claim."""
+    for version in range(first, first + MAX_CLAIMS):
+        if _claim(store, version):
+            return version
+    raise CodePackageError(
+        f"could not claim a code version number in store {store.url} after {MAX_CLAIMS} tries "
+        f"from {first}; is another process creating versions in a loop?"
+    )
 
 
 def _download_archive(store: Store, manifest: Manifest, tmpdir: Path) -> Path:

@@ -9,6 +9,7 @@ is why listing never shows them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -19,6 +20,8 @@ from typing import Any
 
 from benchkit.errors import InvalidKey, ObjectNotFound
 from benchkit.fsutil import atomic_file
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 #: Objects larger than this are moved in parts of this size on backends that hold whole values
@@ -92,6 +95,21 @@ class Store(ABC):
     @abstractmethod
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         """Store the contents of a local file, streaming it (memory does not grow with size)."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` only if nothing is there; True when this call created
+        it. For small objects (claims, markers). The local and tensorstore backends do it
+        atomically, against other processes and machines (a conditional write); this default,
+        for backends without one, checks then writes, which two writers can both pass."""
+        log.warning(
+            "store %s has no conditional write: creating '%s' only if absent is not atomic",
+            self.url,
+            key,
+        )
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        return True
 
     def put_json(self, key: str, value: Any) -> None:
         """Store a JSON document (sorted keys, so equal values give equal bytes)."""

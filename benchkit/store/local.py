@@ -12,10 +12,11 @@ import contextlib
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from benchkit.errors import StoreError, StorePermissionError
-from benchkit.fsutil import atomic_file
+from benchkit.fsutil import atomic_file, fsync_dir
 from benchkit.store.base import COPY_BUFFER, ObjectInfo, Store, check_key, check_prefix
 
 
@@ -71,6 +72,30 @@ class LocalStore(Store):
         try:
             with atomic_file(path) as f:
                 f.write(data)
+        except OSError as e:
+            raise self._wrap_write(key, e) from e
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Written to a temporary file, then hard-linked into place: ``link`` fails when the
+        name exists, so of racing writers exactly one wins, and readers see whole files."""
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                fsync_dir(path.parent)
+                return True
+            finally:
+                os.unlink(tmp)
         except OSError as e:
             raise self._wrap_write(key, e) from e
 

@@ -101,6 +101,9 @@ WRITE_AHEAD = 0
 READ_BLOCK = 8 * 1024 * 1024
 READ_AHEAD = 4
 DEFAULT_RETRIES = 3
+#: tensorstore's storage generation of a key that holds no value: a write with
+#: ``if_equal=NO_VALUE`` only creates
+NO_VALUE = b"\x02"
 
 # tensorstore aborts a forked child that touches it once its threads started in the parent;
 # this remembers which process started them (the memory driver starts none).
@@ -192,6 +195,8 @@ def _s3_spec(bucket: str, path: str, query: dict[str, list[str]]) -> tuple[dict[
         "aws_region": region,
         "aws_credentials": _aws_credentials(),
         "context": {"s3_request_retries": _retries()},
+        # conditional writes as S3 requests (If-None-Match), not a read then a write
+        "use_conditional_write": True,
     }
     if endpoint:
         spec["endpoint"] = endpoint.rstrip("/")
@@ -506,6 +511,16 @@ class TensorStoreStore(Store):
         )
         manifest, upload = self._write_parts(key, blocks)
         self._commit(key, manifest, old, keep=upload)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional write (GCS ``ifGenerationMatch=0``, S3 ``If-None-Match: *``, local
+        files by lock): exactly one of racing writers creates the object."""
+        check_key(key)
+        data = bytes(data)
+        if len(data) > self.part_size or data.startswith(MAGIC):
+            raise StoreError(f"put_if_absent takes small objects (at most one part): '{key}'")
+        stamp = self._wait(self._store().write(key, data, if_equal=NO_VALUE), key, "create")
+        return stamp.generation != b""
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         check_key(key)

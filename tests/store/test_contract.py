@@ -459,3 +459,58 @@ def test_open_store_reuses_memory_stores_by_name():
     assert open_store("memory://shared-name").get("k") == b"v"
     assert TensorStoreStore.from_url("memory://shared-name", part_size=MiB).get("k") == b"v"
     assert not open_store("memory://other-name").exists("k")
+
+
+# --- create only if absent ---------------------------------------------------------------------
+
+RACE_CREATE = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from benchkit.store import open_store
+    store = open_store(sys.argv[1])
+    store.exists("warm/up")
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.0005)
+    won = [k for k in range(20) if store.put_if_absent(f"claims/{k}", sys.argv[3].encode())]
+    print(json.dumps(won))
+    """
+)
+
+
+def test_put_if_absent_creates_once(store):
+    assert store.put_if_absent("c/claim", b"first") is True
+    assert store.put_if_absent("c/claim", b"second") is False
+    assert store.get("c/claim") == b"first"
+    store.delete("c/claim")
+    assert store.put_if_absent("c/claim", b"third") is True
+    assert store.list() == ["c/claim"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(120)
+def test_racing_processes_each_key_has_one_creator(store, store_url, tmp_path):
+    if store_url.startswith("memory://"):
+        pytest.skip("memory:// lives inside one process")
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_CREATE, store_url, str(go), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b", "c")
+    ]
+    for proc in procs:  # all started and waiting at the line
+        assert proc.stdout.readline().strip() == "ready", proc.communicate()
+    go.write_text("go")
+    won = {}
+    for name, proc in zip("abc", procs, strict=True):
+        out, err = proc.communicate(timeout=100)
+        assert proc.returncode == 0, err
+        won[name] = set(json.loads(out.strip().splitlines()[-1]))
+    assert sum(len(v) for v in won.values()) == 20
+    assert won["a"].isdisjoint(won["b"]) and won["b"].isdisjoint(won["c"])
+    for name, keys in won.items():
+        assert all(store.get(f"claims/{k}") == name.encode() for k in keys)
