@@ -273,6 +273,9 @@ def datasets_in_module(module: ModuleType) -> dict[str, DeclaredDataset]:
     return found
 
 
+_BENCHKIT = Path(__file__).resolve().parents[1]
+
+
 def datasets_in_project(module: ModuleType, project_root: str | Path) -> dict[str, DeclaredDataset]:
     """The datasets ``module`` declares, then those of the project modules it has imported
     (a training script's ``Datasets/ProjectDatasets.py``, say): what it may stream. Modules
@@ -287,7 +290,7 @@ def datasets_in_project(module: ModuleType, project_root: str | Path) -> dict[st
             continue
         path = Path(file).resolve()
         installed = "site-packages" in path.parts or "dist-packages" in path.parts
-        if path in seen or installed or root not in path.parents:
+        if path in seen or installed or root not in path.parents or _BENCHKIT in path.parents:
             continue
         seen.add(path)
         for name, decl in datasets_in_module(other).items():

@@ -10,8 +10,8 @@ a sweep of what interrupted uploads of this dataset left behind (hidden temporar
 parts). Until ``index.json`` lands, readers see the previous version or nothing.
 
 What an upload skips: a chunk already in the store under its name (names carry the chunk's
-checksum) *with the right size*; every chunk is stat'ed, so a missing or truncated one is sent
-again even when the stored index lists it. With ``verify=True`` the stored chunks' checksums
+checksum) *with the right size*; every chunk's size is checked (a few small requests, no
+download), so a missing or truncated one is sent again even when the stored index lists it. With ``verify=True`` the stored chunks' checksums
 are compared too (a full read of the stored dataset), so a damaged chunk of the right size is
 replaced; ``benchkit datasets verify NAME --repair`` does the same check on its own.
 
@@ -317,16 +317,16 @@ def _upload_reason(
 ) -> str | None:
     """Why chunk ``info`` must be sent, or None when the store holds it intact.
 
-    A chunk is always stat'ed; its checksum is compared with ``verify``, and for small chunks
-    the stored index does not list (the remains of an interrupted upload)."""
+    A chunk's size is always checked (``has_size``: no download); its checksum is compared
+    with ``verify``, and for small chunks the stored index does not list (the remains of an
+    interrupted upload)."""
     if key not in existing:
         return "missing"
     try:
-        size = store.stat(key).size
+        if not store.has_size(key, info.bytes):
+            return f"wrong size ({store.stat(key).size} bytes, expected {info.bytes})"
     except ObjectNotFound:
         return "missing"
-    if size != info.bytes:
-        return f"wrong size ({size} bytes, expected {info.bytes})"
     unknown = info.file not in remote
     if verify or (unknown and info.bytes <= HASH_CHECK_MAX):
         digest, _ = object_sha256(store, key)

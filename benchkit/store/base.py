@@ -158,6 +158,11 @@ class Store(ABC):
     def stat(self, key: str) -> ObjectInfo:
         """Size of one object. Raises :class:`ObjectNotFound`."""
 
+    def has_size(self, key: str, size: int) -> bool:
+        """True when ``key`` holds exactly ``size`` bytes (cheaper than ``stat`` on backends
+        without a size call). Raises :class:`ObjectNotFound`."""
+        return self.stat(key).size == size
+
     def exists(self, key: str) -> bool:
         """True when ``key`` holds an object."""
         try:

@@ -28,7 +28,8 @@ value it writes, and the allocator keeps some freed memory), against 200 MiB for
 
 Costs: ``get`` and ``stat`` read the value at the key whole (one request; a plain object is at
 most ``part_size`` when written here, a manifest is small): tensorstore has no size call, so
-``stat`` of a plain object costs a read of it. ``get_range``, ``iter_blocks`` and ``get_file``
+``stat`` of a plain object costs a read of it; ``has_size`` checks a size with two one-byte
+range reads instead. ``get_range``, ``iter_blocks`` and ``get_file``
 first read the first bytes to tell a manifest from a plain value (one extra request), and
 ``put`` does the same to find the parts of the object it replaces. ``exists`` is a zero-byte
 read. Manifests may only name parts inside the object's own parts folder, so a forged manifest
@@ -642,6 +643,30 @@ class TensorStoreStore(Store):
         ``part_size`` when written here) is the whole object, as tensorstore has no size call."""
         value, man = self._load(key)
         return ObjectInfo(key, man["size"] if man is not None else len(value))
+
+    def has_size(self, key: str, size: int) -> bool:
+        """Without reading the object: its first bytes (a manifest says its size), then for a
+        plain object one byte at ``size - 1`` and none at ``size`` (range reads)."""
+        value, man = self._head(key)
+        if value is not None:
+            return len(value) == size
+        if man is not None:
+            return man["size"] == size
+        # a plain object at least as long as the magic (the head read that many bytes)
+        if size < len(MAGIC):
+            return False
+        return self._has_byte(key, size - 1) and not self._has_byte(key, size)
+
+    def _has_byte(self, key: str, offset: int) -> bool:
+        try:
+            res = self._read(key, slice(offset, offset + 1))
+        except StoreError as e:
+            if isinstance(e.__cause__, ValueError) and str(e.__cause__).startswith("OUT_OF_RANGE"):
+                return False
+            raise
+        if res.state != "value":
+            raise self.not_found(key)
+        return len(res.value) == 1
 
     def exists(self, key: str) -> bool:
         check_key(key)

@@ -6,9 +6,11 @@ API it does not implement and BenchKit's GCS client, tensorstore's ``gcs`` drive
   range delete there would delete the whole bucket;
 - ``ifGenerationMatch`` on uploads (``0``: create only if absent): tensorstore's conditional
   writes; the emulator ignores it, so every conditional write would succeed;
+- a range that starts at or past the end of an object: GCS answers 416, the emulator a 206 with
+  a malformed ``Content-Range`` (which tensorstore rightly refuses);
 - and an empty object: the emulator fails on a media upload with no body.
 
-Real GCS does all three. Requests are handled one at a time (on many connections), so the
+Real GCS does all four. Requests are handled one at a time (on many connections), so the
 generation check and the upload cannot interleave with another request.
 
     python tests/store/gcs_emulator.py PORT        # serves http://127.0.0.1:PORT, in memory
@@ -16,6 +18,7 @@ generation check and the upload cannot interleave with another request.
 
 from __future__ import annotations
 
+import re
 import sys
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +29,7 @@ from gcp_storage_emulator.handlers import objects
 
 _list_objects = objects.ls
 _insert_object = objects.insert
+_download_object = objects.download
 
 
 def _query(request: Any, name: str) -> str | None:
@@ -73,8 +77,23 @@ def insert_object(request: Any, response: Any, storage: Any, *args: Any, **kwarg
     return _insert_object(request, response, storage, *args, **kwargs)
 
 
+def download_object(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
+    wanted = re.fullmatch(r"\s*bytes=([0-9]+)-([0-9]*)\s*", request.get_header("range", "") or "")
+    if wanted:
+        try:
+            size = len(storage.get_file(request.params["bucket_name"], request.params["object_id"]))
+        except NotFound:
+            size = None
+        if size is not None and int(wanted.group(1)) >= size:
+            response.status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+            response["Content-Range"] = f"bytes */{size}"
+            return None
+    return _download_object(request, response, storage, *args, **kwargs)
+
+
 objects.ls = list_objects
 objects.insert = insert_object
+objects.download = download_object  # get() with alt=media calls it too
 
 import http.server  # noqa: E402
 import threading  # noqa: E402

@@ -135,6 +135,17 @@ def test_get_range_rejects_negative_ranges(store):
 # --- metadata and listing ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [0, 1, 5, 17, 1000, PART, 3 * MiB + 5])
+def test_has_size_is_exact(store, size):
+    store.put("h/obj", payload(size))
+    assert store.has_size("h/obj", size)
+    assert not store.has_size("h/obj", size + 1)
+    if size:
+        assert not store.has_size("h/obj", size - 1)
+    with pytest.raises(ObjectNotFound):
+        store.has_size("h/none", size)
+
+
 def test_stat_and_exists(store):
     assert not store.exists("s/a")
     store.put("s/a", b"12345")
