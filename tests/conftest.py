@@ -41,7 +41,8 @@ def _free_port() -> int:
 def moto_server(tmp_path_factory):
     """A moto S3 server on a free port of 127.0.0.1, for the whole session; yields its endpoint.
 
-    Runs ``python -m moto.server`` in its own process (so objects it holds do not count in the
+    Runs moto's server (through tests/store/moto_server.py, which makes its conditional writes
+    atomic as S3's are) in its own process (so objects it holds do not count in the
     test process), sets dummy ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION`` for
     the session (tensorstore and subprocesses read them) and stops the server at the end.
     """
@@ -50,12 +51,14 @@ def moto_server(tmp_path_factory):
     import time
     import urllib.error
     import urllib.request
+    from pathlib import Path
 
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
+    launcher = Path(__file__).resolve().parent / "store" / "moto_server.py"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
