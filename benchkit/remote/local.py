@@ -98,8 +98,7 @@ class LocalExecutor(Executor):
         self.env_root = self.root / "envs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.slots = int(slots or os.cpu_count() or 1)
-        #: GPUs to hand out (default: every GPU torch sees); a job gets its own
-        self.gpus = _gpu_count() if gpus is None else int(gpus)
+        self._gpus = None if gpus is None else int(gpus)
         self.python = python
         self.env = dict(env or {})
         self.heartbeat_s = heartbeat_s
@@ -112,8 +111,16 @@ class LocalExecutor(Executor):
         self._thread = threading.Thread(target=self._dispatch, name="local-executor", daemon=True)
         self._thread.start()
 
+    @property
+    def gpus(self) -> int:
+        """GPUs to hand out (default: every GPU torch sees, counted when a job first asks for
+        one, so a CPU-only server never imports torch); each job gets its own."""
+        if self._gpus is None:
+            self._gpus = _gpu_count()
+        return self._gpus
+
     def describe(self) -> str:
-        gpus = f", {self.gpus} GPU(s)" if self.gpus else ""
+        gpus = f", {self._gpus} GPU(s)" if self._gpus else ""
         return f"local ({self.slots} slot(s){gpus}, {self.root})"
 
     # --- persistence -------------------------------------------------------------------------
@@ -154,7 +161,9 @@ class LocalExecutor(Executor):
     def _used(self) -> int:
         return sum(j.spec.nproc_per_node for j in self._running())
 
-    def _free_gpus(self) -> list[int]:
+    def _free_gpus(self, wanted: int) -> list[int]:
+        if not wanted:
+            return []
         held = {g for j in self._running() for g in j.gpu_ids}
         return [g for g in range(self.gpus) if g not in held]
 
@@ -165,7 +174,7 @@ class LocalExecutor(Executor):
                     return
                 while self._queue:
                     job = self._jobs[self._queue[0]]
-                    free_gpus = self._free_gpus()
+                    free_gpus = self._free_gpus(job.spec.gpus)
                     if (
                         self._used() + job.spec.nproc_per_node > self.slots
                         or len(free_gpus) < job.spec.gpus
@@ -233,7 +242,7 @@ class LocalExecutor(Executor):
                 f"executor has {self.slots} slot(s); ask for fewer processes or start the server "
                 f"with --slots {spec.nproc_per_node}"
             )
-        if spec.gpus > self.gpus:
+        if spec.gpus and spec.gpus > self.gpus:
             raise JobError(
                 f"job {spec.job_id} asks for {spec.gpus} GPU(s) and this server's local executor "
                 f"has {self.gpus}; ask for fewer (--gpus) or use the ray executor"
