@@ -232,15 +232,15 @@ class Jobs:
                         return job_view(existing)
                     raise Conflict(f"job {wanted} exists already")
         run_id, job_id, resume = self._run_of(pstore, project_id, req)
-        spec = JobSpec(
-            job_id=job_id, store=self.job_store_url, version=req.version,
-            archive_sha256=manifest.archive_sha256, run_id=run_id, resume=resume, name=req.name,
-            fn=req.fn, config=list(req.config), nnodes=req.nodes, nproc_per_node=req.processes,
-            gpus=req.gpus, cpus=req.cpus, max_duration_s=req.max_duration_s,
-            stall_timeout_s=req.stall_timeout_s, stop_grace_s=req.stop_grace_s,
-            project=project_name,
-        )  # fmt: skip
         try:
+            spec = JobSpec(
+                job_id=job_id, store=self.job_store_url, version=req.version,
+                archive_sha256=manifest.archive_sha256, run_id=run_id, resume=resume, name=req.name,
+                fn=req.fn, config=list(req.config), nnodes=req.nodes, nproc_per_node=req.processes,
+                gpus=req.gpus, cpus=req.cpus, max_duration_s=req.max_duration_s,
+                stall_timeout_s=req.stall_timeout_s, stop_grace_s=req.stop_grace_s,
+                project=project_name,
+            )  # fmt: skip
             executor.check_spec(spec)
         except JobError as e:
             raise BadRequest(str(e)) from None
