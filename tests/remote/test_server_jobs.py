@@ -139,7 +139,10 @@ def test_a_job_outlives_kill_9_of_its_server_and_is_adopted_with_its_whole_log(
     assert psutil.pid_exists(shim)  # the job is in a session of its own
     local_job_server.start()
     ended = wait_state(jobs, job["id"], ("succeeded", "failed", "lost", "cancelled"), 300)
-    assert ended["state"] == "succeeded", (ended, joblog.read_log(store, job["id"])[0].decode()[-3000:])
+    assert ended["state"] == "succeeded", (
+        ended,
+        joblog.read_log(store, job["id"])[0].decode()[-3000:],
+    )
     assert joblog.read_exit(store, job["id"]).extra["attempt"] == 1  # adopted, not run again
     lines = [ln for ln in joblog.read_log(store, job["id"])[0].decode().splitlines()
              if ln.startswith("step ")]  # fmt: skip

@@ -1,10 +1,12 @@
 """``run --remote`` against a Bench server whose executor is a real Ray head (2 CPUs): a
 2-process job trains there and its log streams back; a second job waits while the first holds
-the CPUs, then is stopped mid-run; Ray's records of both are deleted once they have ended."""
+the CPUs, then a Ctrl-C of its client cancels it mid-run; Ray's records of both are deleted once
+they have ended."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -37,7 +39,7 @@ def cli(*args, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=400)  # fmt: skip
 
 
-def test_a_two_process_run_on_ray_while_a_second_waits_then_is_stopped(
+def test_a_two_process_run_on_ray_while_a_second_waits_then_ctrl_c_cancels_it(
     ray_job_server, ray_head, tmp_path, monkeypatch
 ):
     from serverkit import use_project
@@ -53,9 +55,13 @@ def test_a_two_process_run_on_ray_while_a_second_waits_then_is_stopped(
     first = cli("run", "train.py", "--remote", "--detach", "--processes", "2", "-c", "steps=6",
                 "-c", "sleep=0.5", cwd=code)  # fmt: skip
     assert first.returncode == 0, first.stdout + first.stderr + ray_job_server.log()[-3000:]
-    second = cli("run", "train.py", "--remote", "--detach", "--grace", "20", "-c", "steps=400",
-                 "-c", "sleep=0.2", "--name", "second", cwd=code)  # fmt: skip
-    assert second.returncode == 0, second.stdout + second.stderr
+    # the second is followed by its client, which a Ctrl-C will stop below
+    second = subprocess.Popen(
+        [sys.executable, "-m", "benchkit", "run", "train.py", "--remote", "--grace", "20",
+         "-c", "steps=400", "-c", "sleep=0.2", "--name", "second"],
+        cwd=code, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: len(jobs.list(active=True)) == 2, 120, "the second job to be submitted")
     a, b = jobs.list(active=True)
     assert "ray (" in first.stderr and a["executor"] == "ray"
     wait_for(lambda: jobs.get(a["id"])["state"] == "running", 180, "the first job to run")
@@ -72,8 +78,10 @@ def test_a_two_process_run_on_ray_while_a_second_waits_then_is_stopped(
         lambda: "step 2 " in joblog.read_log(store, b["id"])[0].decode(), 180, "the second job"
     )
     assert joblog.read_heartbeat(store, b["id"]).started >= done.ended - 1.0
-    stop = cli("runs", "stop", b["run_id"], "--wait", cwd=code)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
+    second.send_signal(signal.SIGINT)  # Ctrl-C without a terminal: cancel, follow to the end
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 130, out + err
+    assert "stop requested" in err and "cancelled" in err and "step 2 " in out
     ended = jobs.get(b["id"])
     assert ended["state"] == "cancelled", ended
     assert runs.load_record(store, b["run_id"]).status == runs.INTERRUPTED
