@@ -254,16 +254,16 @@ def _remote_processes(value: Any, gpus: int) -> int:
 def _follow_until_end(jobs: Any, job: dict[str, Any], interactive: bool) -> int:
     """Follow the job's log; Ctrl-C asks whether to cancel the job or stop following."""
     from benchkit.cli.common import err_console
-    from benchkit.remote.client import exit_status, follow
+    from benchkit.remote.client import Follower, exit_status
 
     def retrying(reason: str) -> None:
         err_console.print(f"[yellow]{reason}; still trying…[/yellow]", highlight=False)
 
-    out = sys.stdout.buffer
+    follower = Follower(jobs, job["id"], sys.stdout.buffer, on_retry=retrying)
     cancelled = False
     while True:
         try:
-            final = follow(jobs, job["id"], out, on_retry=retrying)
+            final = follower.run()
             break
         except KeyboardInterrupt:
             if cancelled or not _ask_cancel(job, interactive):

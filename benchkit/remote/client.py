@@ -86,38 +86,51 @@ class JobsClient:
         return jobs[-1] if jobs else None
 
 
-def follow(
-    jobs: JobsClient,
-    job_id: str,
-    out: BinaryIO,
-    *,
-    wait: float = 10.0,
-    on_retry: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Copy the job's log to ``out`` as it is written, until the job has ended and its log is
-    read to the end; returns the ended job. Survives a server restart (retries for
-    ``RECONNECT_S``)."""
-    offset, source = 0, "job"
-    down_since: float | None = None
-    while True:
-        try:
-            chunk = jobs.logs(job_id, offset, wait)
-        except StoreConnectionError as e:
-            now = time.monotonic()
-            down_since = down_since or now
-            if now - down_since > RECONNECT_S:
-                raise
-            if on_retry is not None:
-                on_retry(str(e))
-            time.sleep(min(5.0, 0.5 + (now - down_since) / 4))
-            continue
-        down_since = None
-        if chunk.source != source:  # the job's own log replaced the engine's: start it over
-            source, offset = chunk.source, 0
-            continue
-        if chunk.data:
-            out.write(chunk.data)
-            out.flush()
-        offset = chunk.offset
-        if chunk.state not in ACTIVE and not chunk.data:
-            return jobs.get(job_id)
+class Follower:
+    """Copies a job's log to ``out`` as it is written; :meth:`run` returns the ended job.
+
+    It keeps its place between calls, so a follower interrupted (Ctrl-C) and run again goes
+    on where it was. It survives a server restart (retries for ``RECONNECT_S``)."""
+
+    def __init__(
+        self,
+        jobs: JobsClient,
+        job_id: str,
+        out: BinaryIO,
+        *,
+        wait: float = 10.0,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.jobs, self.job_id, self.out = jobs, job_id, out
+        self.wait, self.on_retry = wait, on_retry
+        self.offset, self.source = 0, "job"
+
+    def run(self) -> dict[str, Any]:
+        down_since: float | None = None
+        while True:
+            try:
+                chunk = self.jobs.logs(self.job_id, self.offset, self.wait)
+            except StoreConnectionError as e:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > RECONNECT_S:
+                    raise
+                if self.on_retry is not None:
+                    self.on_retry(str(e))
+                time.sleep(min(5.0, 0.5 + (now - down_since) / 4))
+                continue
+            down_since = None
+            if chunk.source != self.source:  # the job's own log replaced the engine's
+                self.source, self.offset = chunk.source, 0
+                continue
+            if chunk.data:
+                self.out.write(chunk.data)
+                self.out.flush()
+            self.offset = chunk.offset
+            if chunk.state not in ACTIVE and not chunk.data:
+                return self.jobs.get(self.job_id)
+
+
+def follow(jobs: JobsClient, job_id: str, out: BinaryIO, **kw: Any) -> dict[str, Any]:
+    """Copy the job's log to ``out`` until the job has ended; returns the ended job."""
+    return Follower(jobs, job_id, out, **kw).run()
