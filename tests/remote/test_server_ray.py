@@ -81,7 +81,8 @@ def test_a_two_process_run_on_ray_while_a_second_waits_then_ctrl_c_cancels_it(
     second.send_signal(signal.SIGINT)  # Ctrl-C without a terminal: cancel, follow to the end
     out, err = second.communicate(timeout=180)
     assert second.returncode == 130, out + err
-    assert "stop requested" in err and "cancelled" in err and "step 2 " in out
+    assert "stop requested" in err and "cancelled" in err
+    assert out.count("step 2 ") == 1  # followed on after the Ctrl-C where it was
     ended = jobs.get(b["id"])
     assert ended["state"] == "cancelled", ended
     assert runs.load_record(store, b["run_id"]).status == runs.INTERRUPTED
