@@ -512,7 +512,7 @@ class Jobs:
         """The shim recorded the outcome: that is the truth."""
         if rec.exit_code == 0:
             state, message = SUCCEEDED, "exit status 0"
-        elif job.cancel_requested_at is not None or rec.stop_requested:
+        elif job.cancel_requested_at is not None:
             state = REASON_STATE.get(job.cancel_reason or "user", CANCELLED)
             message = stop_reason(job.cancel_reason, job.spec or {})
             if rec.killed:
@@ -522,6 +522,8 @@ class Jobs:
         else:
             state = FAILED
             message = f"exit status {rec.exit_code}" + (f" ({rec.signal})" if rec.signal else "")
+            if rec.stop_requested:  # SIGINT/SIGTERM from outside BenchKit (a shutdown, an admin)
+                message += ", stopped by a signal that did not come from this server"
         if rec.message:
             message += f": {rec.message}"
         self._finish(job.project_id, job.id, state, rec.exit_code, message)
