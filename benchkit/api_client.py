@@ -129,7 +129,7 @@ class ApiClient:
             s = requests.Session()
             retry = Retry(
                 total=self.retries,
-                connect=min(self.retries, 3),
+                connect=min(self.retries, int(os.environ.get("BENCHKIT_HTTP_CONNECT_RETRIES", 3))),
                 read=self.retries,
                 status=self.retries,
                 other=0,

@@ -101,3 +101,7 @@ class CodePackageError(BenchKitError):
 
 class JobError(BenchKitError):
     """A remote job could not be submitted, prepared, followed or stopped."""
+
+
+class EngineUnavailable(JobError):
+    """The engine that runs jobs cannot be reached right now (a retry may succeed)."""

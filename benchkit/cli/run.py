@@ -7,6 +7,7 @@ import argparse
 import os
 
 from benchkit.cli.common import STORE
+from benchkit.cli.remote import add_remote_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stop, instead of warning, when a declared dataset no longer matches the one in "
         "the store",
     )
+    add_remote_flags(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -98,6 +100,10 @@ def request_from(args: argparse.Namespace) -> object:
 def cmd_run(args: argparse.Namespace) -> int:
     from benchkit.training import runner
 
+    if args.remote:
+        from benchkit.cli.remote import cmd_run_remote
+
+        return cmd_run_remote(args)
     spec_json = os.environ.get(runner.SPEC_ENV)
     if spec_json:  # a torchrun worker: the launcher resolved everything
         return runner.run_worker(spec_json)

@@ -34,6 +34,28 @@ def _data_flags(p: argparse.ArgumentParser, top: bool) -> None:
     )  # fmt: skip
 
 
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    """How the server runs jobs (``benchkit run --remote``)."""
+    g = p.add_argument_group("jobs (benchkit run --remote)")
+    g.add_argument(
+        "--executor", choices=("local", "ray", "none"), default="local",
+        help="run jobs on this machine's worker slots (default), on a Ray cluster, or not at all",
+    )  # fmt: skip
+    g.add_argument("--slots", type=int, metavar="N",
+                   help="local executor: processes at a time (default: one per CPU)")  # fmt: skip
+    g.add_argument("--ray-address", metavar="URL",
+                   help="ray executor: the cluster's dashboard, e.g. http://HEAD:8265 "
+                   "(token: RAY_AUTH_TOKEN)")  # fmt: skip
+    g.add_argument("--ray-placement", default="STRICT_SPREAD",
+                   choices=("STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"),
+                   help="how a --nodes M job's nodes spread over the cluster (default: one per "
+                   "machine)")  # fmt: skip
+    g.add_argument("--ray-python", default="python", metavar="PATH",
+                   help="the interpreter with BenchKit on the Ray nodes (default: python)")  # fmt: skip
+    g.add_argument("--job-url", metavar="URL",
+                   help="the URL jobs reach this server at (default: the address it listens on)")  # fmt: skip
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "server",
@@ -52,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="allow a non-loopback address without TLS (API keys then travel in clear text)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _executor_flags(p)
     p.set_defaults(func=cmd_serve)
     ssub = p.add_subparsers(dest="server_command", metavar="ACTION")
 
@@ -148,8 +171,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         insecure=args.insecure,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_placement=args.ray_placement,
+        ray_python=args.ray_python,
+        job_slots=args.slots,
+        job_store_url=args.job_url,
     )
     config.check_listen()
+    if args.executor == "ray" and not args.ray_address:
+        raise ConfigError(
+            "--executor ray needs the Ray cluster's dashboard address: --ray-address http://HEAD:8265"
+        )
     serve(config, args.log_level)
     return 0
 

@@ -19,6 +19,7 @@ from benchkit.cli.common import (
     print_json,
     print_table,
 )
+from benchkit.cli.remote import register_run_actions
 from benchkit.errors import CheckpointError
 
 
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("run")
     s.set_defaults(func=cmd_runs_delete)
+    register_run_actions(rsub)  # runs logs, runs stop (remote runs)
 
     # checkpoints
     p = sub.add_parser(

@@ -55,6 +55,9 @@ class Executor(ABC):
     #: the name the server's ``--executor`` flag uses
     name: str = ""
 
+    def check_spec(self, spec: JobSpec) -> None:  # noqa: B027 - optional
+        """Raise :class:`JobError` for a job this engine can never run (before any runs)."""
+
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:
         """Start (or queue) ``spec``; returns the engine's handle. Idempotent on the job id."""

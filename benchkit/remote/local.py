@@ -52,6 +52,8 @@ class _Job:
     start_time: int | None = None
     returncode: int | None = None
     cancel_requested: bool = False
+    #: the GPUs (indices) the job holds, given to it as CUDA_VISIBLE_DEVICES
+    gpu_ids: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def record(self) -> dict:
@@ -63,6 +65,7 @@ class _Job:
             "start_time": self.start_time,
             "returncode": self.returncode,
             "cancel_requested": self.cancel_requested,
+            "gpu_ids": self.gpu_ids,
         }
 
     def alive(self) -> bool:
@@ -83,6 +86,7 @@ class LocalExecutor(Executor):
         root: str | os.PathLike[str],
         *,
         slots: int | None = None,
+        gpus: int | None = None,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         heartbeat_s: float = 15.0,
@@ -94,6 +98,7 @@ class LocalExecutor(Executor):
         self.env_root = self.root / "envs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.slots = int(slots or os.cpu_count() or 1)
+        self._gpus = None if gpus is None else int(gpus)
         self.python = python
         self.env = dict(env or {})
         self.heartbeat_s = heartbeat_s
@@ -106,8 +111,17 @@ class LocalExecutor(Executor):
         self._thread = threading.Thread(target=self._dispatch, name="local-executor", daemon=True)
         self._thread.start()
 
+    @property
+    def gpus(self) -> int:
+        """GPUs to hand out (default: every GPU torch sees, counted when a job first asks for
+        one, so a CPU-only server never imports torch); each job gets its own."""
+        if self._gpus is None:
+            self._gpus = _gpu_count()
+        return self._gpus
+
     def describe(self) -> str:
-        return f"local ({self.slots} slot(s), {self.root})"
+        gpus = f", {self._gpus} GPU(s)" if self._gpus else ""
+        return f"local ({self.slots} slot(s){gpus}, {self.root})"
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -130,7 +144,7 @@ class LocalExecutor(Executor):
                 continue
             job = _Job(spec, float(data.get("submitted", 0)), data.get("status", QUEUED),
                        data.get("pid"), data.get("start_time"), data.get("returncode"),
-                       bool(data.get("cancel_requested")))  # fmt: skip
+                       bool(data.get("cancel_requested")), list(data.get("gpu_ids") or []))  # fmt: skip
             found.append(job)
         for job in sorted(found, key=lambda j: j.submitted):
             self._jobs[job.spec.job_id] = job
@@ -141,10 +155,17 @@ class LocalExecutor(Executor):
 
     # --- the pool ----------------------------------------------------------------------------
 
+    def _running(self) -> list[_Job]:
+        return [j for j in self._jobs.values() if j.status == LAUNCHED and j.alive()]
+
     def _used(self) -> int:
-        return sum(
-            j.spec.nproc_per_node for j in self._jobs.values() if j.status == LAUNCHED and j.alive()
-        )
+        return sum(j.spec.nproc_per_node for j in self._running())
+
+    def _free_gpus(self, wanted: int) -> list[int]:
+        if not wanted:
+            return []
+        held = {g for j in self._running() for g in j.gpu_ids}
+        return [g for g in range(self.gpus) if g not in held]
 
     def _dispatch(self) -> None:
         while True:
@@ -153,8 +174,13 @@ class LocalExecutor(Executor):
                     return
                 while self._queue:
                     job = self._jobs[self._queue[0]]
-                    if self._used() + job.spec.nproc_per_node > self.slots:
+                    free_gpus = self._free_gpus(job.spec.gpus)
+                    if (
+                        self._used() + job.spec.nproc_per_node > self.slots
+                        or len(free_gpus) < job.spec.gpus
+                    ):
                         break  # first come, first served: the head waits for its slots
+                    job.gpu_ids = free_gpus[: job.spec.gpus]
                     self._queue.pop(0)
                     try:
                         self._launch(job)
@@ -186,6 +212,10 @@ class LocalExecutor(Executor):
         )  # fmt: skip
         env = {**os.environ, **self.env, **spec.env}
         env.setdefault("OMP_NUM_THREADS", "1")
+        # a job sees only its own GPUs (none for a CPU job), counted within the server's own
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        names = [visible[g] if g < len(visible) and visible[g] else str(g) for g in job.gpu_ids]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(names)
         with open(d / "engine.log", "ab") as engine_log:
             proc = subprocess.Popen(
                 cmd, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=engine_log,
@@ -199,7 +229,8 @@ class LocalExecutor(Executor):
 
     # --- the interface -----------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> str:
+    def check_spec(self, spec: JobSpec) -> None:
+        """Refuse, before anything runs, a job this machine can never run."""
         if spec.nnodes > 1:
             raise JobError(
                 f"job {spec.job_id} asks for {spec.nnodes} nodes: the local executor runs on this "
@@ -211,14 +242,14 @@ class LocalExecutor(Executor):
                 f"executor has {self.slots} slot(s); ask for fewer processes or start the server "
                 f"with --slots {spec.nproc_per_node}"
             )
-        if spec.gpus:
-            import torch
+        if spec.gpus and spec.gpus > self.gpus:
+            raise JobError(
+                f"job {spec.job_id} asks for {spec.gpus} GPU(s) and this server's local executor "
+                f"has {self.gpus}; ask for fewer (--gpus) or use the ray executor"
+            )
 
-            have = torch.cuda.device_count()
-            if spec.gpus > have:
-                raise JobError(
-                    f"job {spec.job_id} asks for {spec.gpus} GPU(s); this machine has {have}"
-                )
+    def submit(self, spec: JobSpec) -> str:
+        self.check_spec(spec)
         with self._cond:
             if spec.job_id in self._jobs:
                 return spec.job_id
@@ -303,6 +334,10 @@ class LocalExecutor(Executor):
     def release(self, handle: str) -> None:
         with self._cond:
             job = self._jobs.get(handle)
+        deadline = time.monotonic() + 10.0  # a shim that wrote exit.json is about to exit
+        while job is not None and job.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with self._cond:
             if job is not None and job.alive():
                 raise JobError(f"job {handle} is still running; cancel it first")
             self._jobs.pop(handle, None)
@@ -319,3 +354,12 @@ class LocalExecutor(Executor):
             self._closed = True
             self._cond.notify_all()
         self._thread.join(5)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # no usable torch: no GPUs to hand out
+        return 0

@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from benchkit.errors import JobError
+from benchkit.errors import EngineUnavailable, JobError
 from benchkit.remote.executor import (
     EngineState,
     Executor,
@@ -96,7 +96,9 @@ class RayExecutor(Executor):
                 method, self._url(path), timeout=kwargs.pop("timeout", self.timeout_s), **kwargs
             )
         except requests.RequestException as e:
-            raise JobError(f"the Ray cluster at {self.address} could not be reached: {e}") from e
+            raise EngineUnavailable(
+                f"the Ray cluster at {self.address} could not be reached: {e}"
+            ) from e
 
     def _info(self, handle: str) -> dict[str, Any] | None:
         r = self._request("GET", handle)
@@ -110,6 +112,10 @@ class RayExecutor(Executor):
             raise JobError(
                 f"{what}: the Ray cluster at {self.address} refused the request "
                 f"(HTTP {r.status_code}); give the server its token (RAY_AUTH_TOKEN)"
+            )
+        if r.status_code >= 500:
+            raise EngineUnavailable(
+                f"{what}: HTTP {r.status_code} from {self.address}: {r.text[:500]}"
             )
         if r.status_code >= 400:
             raise JobError(f"{what}: HTTP {r.status_code} from {self.address}: {r.text[:500]}")

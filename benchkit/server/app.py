@@ -27,6 +27,7 @@ from benchkit.server.db.migrate import upgrade
 from benchkit.server.db.session import Database
 from benchkit.server.services.blobs import Blobs
 from benchkit.server.services.catalog import Catalog
+from benchkit.server.services.jobs import Jobs, open_jobs
 from benchkit.server.services.keys import Keys, load_pepper
 from benchkit.server.services.staging import Staging
 from benchkit.store import Store, open_store
@@ -46,6 +47,7 @@ class Services:
     store: Store
     catalog: Catalog
     blobs: Blobs
+    jobs: Jobs
 
     @classmethod
     def open(cls, config: ServerConfig, migrate: bool = True) -> Services:
@@ -59,7 +61,8 @@ class Services:
         catalog = Catalog(db, store)
         staging = Staging(store, config.staging_dir, config.reserve_bytes)
         blobs = Blobs(db, store, staging, catalog, config.max_put_bytes, config.max_upload_bytes)
-        return cls(config, db, keys, store, catalog, blobs)
+        jobs = open_jobs(config, db, store, catalog, keys)
+        return cls(config, db, keys, store, catalog, blobs, jobs)
 
     def recover(self) -> None:
         """Tidy what a killed server left: stray PUT files, pending catalog items, old uploads."""
@@ -68,6 +71,7 @@ class Services:
         self.blobs.expire_uploads(self.config.upload_ttl_s)
 
     def close(self) -> None:
+        self.jobs.stop()
         self.store.close()
         self.db.close()
 
@@ -87,6 +91,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             target=_expire_loop, args=(services, stop), name="bench-expire", daemon=True
         )
         expirer.start()
+        services.jobs.start()  # reconciles (and so adopts) the jobs a previous run left
         log.info(
             "Bench server %s: database %s, store %s",
             __version__,

@@ -51,8 +51,18 @@ class ServerConfig:
     upload_ttl_s: float = 7 * 24 * 3600
     #: seconds uvicorn waits for requests in flight at SIGTERM/SIGINT before cancelling them
     shutdown_grace_s: float = 30.0
-    #: the executor running jobs (issue 14 adds them); None runs none
-    executor: str | None = None
+    #: what runs jobs: "local" (this machine's worker slots), "ray" or "none"
+    executor: str = "local"
+    #: the Ray cluster's dashboard (Jobs API), for ``executor="ray"``
+    ray_address: str | None = None
+    #: how a multi-node job's placement group spreads its nodes
+    ray_placement: str = "STRICT_SPREAD"
+    #: the interpreter on the Ray nodes that has BenchKit
+    ray_python: str = "python"
+    #: worker slots (processes at a time) of the local executor; default one per CPU
+    job_slots: int | None = None
+    #: the URL jobs reach this server at (default: the address it listens on)
+    job_store_url: str | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -86,6 +96,16 @@ class ServerConfig:
     def public_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def job_url(self) -> str:
+        """Where jobs find this server (a wildcard listen address is reached on loopback)."""
+        if self.job_store_url:
+            return self.job_store_url.rstrip("/")
+        if self.host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1" if self.host != "::" else "[::1]"
+            return f"{self.scheme}://{host}:{self.port}"
+        return self.public_url
 
     def check_listen(self) -> None:
         """Refuse a non-loopback address without TLS unless ``insecure``; check the TLS files."""

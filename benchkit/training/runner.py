@@ -269,7 +269,7 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
     migrate_missing_datasets(module, store, settings.project_root, strict=req.strict)
     resume = req.resume is not None
     if classic:
-        config, run_id = {}, runs.new_run_id(name)
+        config, run_id = {}, given_run_id(store, name, req.run_id)
     elif resume:
         rec = resolve_resume(store, name, req.resume or None)
         base = dict(rec.config)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from remotekit import TINY, free_ports, job_env, wait_for
+from remotekit import ROOT, TINY, free_ports, job_env, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -179,3 +179,53 @@ def tiny_version(tmp_path):
         return migrate_code(project / "train.py", store).version
 
     return make
+
+
+# --- Bench servers that run jobs ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_job_server(tmp_path_factory):
+    """A Bench server with the local executor (2 slots) for the module."""
+    from remotekit import job_server
+
+    server = job_server(tmp_path_factory.mktemp("local-jobs"), "--slots", "2")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def server_project(local_job_server, monkeypatch):
+    """A fresh project on the module's server, made the store of this test and its children."""
+    from serverkit import use_project
+
+    project = use_project(monkeypatch, local_job_server)
+    monkeypatch.setenv("BENCHKIT_STORE", local_job_server.url)
+    return project
+
+
+@pytest.fixture(scope="session")
+def catdog_data(tmp_path_factory) -> Path:
+    """A few small cat/dog images (the example's generator): 120 train, 24 val, 32 pixels."""
+    import importlib.util
+
+    path = ROOT / "examples" / "catdog" / "make_data.py"
+    spec = importlib.util.spec_from_file_location("catdog_make_data_remote", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path_factory.mktemp("catdog-data")
+    mod.make(out, 144, size=32)
+    return out
+
+
+@pytest.fixture
+def catdog_project(tmp_path, catdog_data, monkeypatch) -> Path:
+    """The cat/dog example in a project of its own, reading the small images."""
+    import shutil
+
+    project = tmp_path / "catdog"
+    project.mkdir()
+    shutil.copy(ROOT / "examples" / "catdog" / "train.py", project / "train.py")
+    (project / "benchkit.toml").write_text('[project]\nname = "catdog"\n')
+    monkeypatch.setenv("CATDOG_DATA", str(catdog_data))
+    return project

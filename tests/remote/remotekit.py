@@ -54,6 +54,7 @@ import benchkit as bench
 
 @bench.train(config={"epochs": 1, "steps": 4, "sleep": 0.0, "out": "", "fail": False})
 def tiny(run):
+    print("devices", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model, opt = run.prepare(model, opt)
@@ -74,3 +75,49 @@ def tiny(run):
     weights = [p.detach().flatten().tolist() for p in run.unwrap_model(model).parameters()]
     print(f"rank {run.process_index} of {run.num_processes} weights {json.dumps(weights)}", flush=True)
 """
+
+
+# --- a Bench server that runs jobs ---------------------------------------------------------------
+
+#: fast job timing for tests: heartbeats every second, a reconciler every half second
+FAST_JOBS = {
+    "BENCHKIT_JOB_HEARTBEAT_S": "1",
+    "BENCHKIT_JOB_FLUSH_S": "0.5",
+    "BENCHKIT_JOB_RECONCILE_S": "0.5",
+    "BENCHKIT_JOB_LOST_AFTER_S": "20",
+    "BENCHKIT_JOB_END_GRACE_S": "5",
+    # requirements that are not installed fail at once instead of searching an index
+    "PIP_NO_INDEX": "1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def job_server(tmp_root: Path, *flags: str, **env: str):
+    """``python -m benchkit server FLAGS`` (``--executor ...``) on a free port, started."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from serverkit import BenchServer, child_env
+
+    class JobServer(BenchServer):
+        def start(self) -> JobServer:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchkit", "server", *self._flags(), "--port",
+                 str(self.port), *flags],
+                stdout=log, stderr=subprocess.STDOUT, env=child_env(**self.env),
+                start_new_session=True,
+            )  # fmt: skip
+            log.close()
+            self.wait_ready()
+            return self
+
+    data = Path(tempfile.mkdtemp(prefix="jobsrv-", dir=tmp_root))
+    # the server's and its jobs' BenchKit home (caches, run directories): never the real one
+    home = {"BENCHKIT_HOME": str(data.parent / f"{data.name}-home")}
+    server = JobServer(data, **{**FAST_JOBS, **home, **env})
+    server.cli("projects")  # schema and key file, as an admin would before the first start
+    return server.start()

@@ -1,6 +1,6 @@
-"""The local executor with real processes: slots and a first-come queue, a 2-process job,
-cancel, adoption by a new executor over the same directory (a restarted server), requirements
-that cannot be installed, and what it refuses up front."""
+"""The local executor with real processes: slots and a first-come queue, idempotent submits,
+release, and what it refuses up front. (Through a server, with the CLI: cancel, adoption after
+``kill -9``, timeouts and bad requirements are in test_server_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from benchkit.training import runs
 def make_executor(tmp_path, env_cache):
     made = []
 
-    def make(slots: int = 2, **env: str) -> LocalExecutor:
-        ex = LocalExecutor(tmp_path / "executor", slots=slots, env={**job_env(), **env},
+    def make(slots: int = 2, gpus: int = 0, **env: str) -> LocalExecutor:
+        ex = LocalExecutor(tmp_path / "executor", slots=slots, gpus=gpus, env={**job_env(), **env},
                            heartbeat_s=1, flush_s=0.3)  # fmt: skip
         ex.env_root = env_cache  # one environment cache for the session
         made.append(ex)
@@ -47,84 +47,41 @@ def _ended(ex, handle, timeout=300):
 
 
 @pytest.mark.slow
-@pytest.mark.multiprocess
-def test_two_process_job_succeeds_while_the_next_waits_for_its_slots(
-    make_executor, tmp_path, tiny_version
-):
+def test_jobs_wait_for_their_gpus_first_come_first_served(make_executor, tmp_path, tiny_version):
     store = LocalStore(tmp_path / "store")
     version = tiny_version(store)
-    ex = make_executor(slots=2)
-    two = JobSpec(job_id="two", store=str(store.root), version=version, nproc_per_node=2,
-                  config=["steps=3"])  # fmt: skip
-    one = JobSpec(job_id="one", store=str(store.root), version=version, config=["steps=2"])
-    assert ex.submit(two) == "two" and ex.submit(two) == "two"  # idempotent
-    ex.submit(one)
-    wait_for(lambda: ex.observe("two").state == EngineState.RUNNING, 60, "the first job to start")
-    assert ex.observe("one").state == EngineState.QUEUED
-    obs = _ended(ex, "two")
-    log = joblog.read_log(store, "two")[0].decode()
-    assert obs.state == EngineState.SUCCEEDED, log + ex.engine_logs("two")[0]
-    assert "checksums verified" in log and "rank 1 of 2" in log
-    rec = runs.load_record(store, "two")
-    assert rec.status == runs.FINISHED and rec.world_size == 2
-    assert not (ex.jobs_dir / "two" / "work").exists()  # the checkout went with the job
-    first_end = joblog.read_exit(store, "two").ended
-    assert _ended(ex, "one").state == EngineState.SUCCEEDED
-    assert joblog.read_heartbeat(store, "one").started >= first_end - 1.0
-    assert "environment" in joblog.read_log(store, "one")[0].decode()
-    assert not _job_processes("two", "one")
-    ex.release("two")
-    assert ex.observe("two").state == EngineState.UNKNOWN and not (ex.jobs_dir / "two").exists()
-
-
-@pytest.mark.slow
-def test_cancel_stops_a_running_job_and_a_new_executor_adopts_a_live_one(
-    make_executor, tmp_path, tiny_version
-):
-    store = LocalStore(tmp_path / "store")
-    version = tiny_version(store)
-    ex = make_executor(slots=2)
-    ex.submit(JobSpec(job_id="long", store=str(store.root), version=version,
-                      config=["steps=400", "sleep=0.1"], stop_grace_s=20))  # fmt: skip
-    ex.submit(JobSpec(job_id="adopted", store=str(store.root), version=version,
-                      config=["steps=30", "sleep=0.2"]))  # fmt: skip
-    for job in ("long", "adopted"):
-        wait_for(lambda job=job: "step 1 " in joblog.read_log(store, job)[0].decode(), 180,
-                 f"{job} to train")  # fmt: skip
-    ex.close()  # the server went away; its jobs did not
-    again = make_executor(slots=2)
-    assert again.observe("adopted").state == EngineState.RUNNING
-    assert again.observe("long").state == EngineState.RUNNING
-    assert again.cancel("long") and again.cancel("long")  # idempotent
-    assert _ended(again, "long", 120).state in (EngineState.STOPPED, EngineState.FAILED)
-    rec = wait_for(lambda: joblog.read_exit(store, "long"), 60, "exit.json of the cancelled job")
-    assert rec.stop_requested and not rec.killed
-    assert runs.load_record(store, "long").status == runs.INTERRUPTED
-    assert not _job_processes("long")
-    _ended(again, "adopted")
-    done = joblog.read_exit(store, "adopted")
-    assert done.exit_code == 0
-    assert "step 29 " in joblog.read_log(store, "adopted")[0].decode()  # the log is whole
-
-
-def test_requirements_that_cannot_be_installed_fail_the_job_with_the_reason(
-    make_executor, tmp_path, tiny_version
-):
-    store = LocalStore(tmp_path / "store")
-    version = tiny_version(store, requirements="no-such-package-benchkit-test==1.0\n")
-    ex = make_executor(PIP_NO_INDEX="1", PIP_FIND_LINKS="")
-    ex.submit(JobSpec(job_id="badreq", store=str(store.root), version=version))
-    obs = _ended(ex, "badreq", 180)
-    assert obs.state == EngineState.FAILED
-    log = joblog.read_log(store, "badreq")[0].decode()
-    assert "could not be installed" in log and "no-such-package-benchkit-test" in log
-    assert not runs.list_run_ids(store)  # it failed before any training started
+    ex = make_executor(slots=2, gpus=1)  # one GPU to hand out (a machine without any is fine:
+    # the job's torch then finds none and trains on the CPU)
+    first = JobSpec(job_id="first", store=str(store.root), version=version, gpus=1,
+                    config=["steps=3"])  # fmt: skip
+    second = JobSpec(job_id="second", store=str(store.root), version=version, gpus=1,
+                     config=["steps=2"])  # fmt: skip
+    assert ex.submit(first) == "first" and ex.submit(first) == "first"  # idempotent
+    ex.submit(second)
+    wait_for(lambda: ex.observe("first").state == EngineState.RUNNING, 60, "the first job to start")
+    assert ex.observe("second").state == EngineState.QUEUED  # a slot is free, the GPU is not
+    obs = _ended(ex, "first")
+    log = joblog.read_log(store, "first")[0].decode()
+    assert obs.state == EngineState.SUCCEEDED, log + ex.engine_logs("first")[0]
+    assert "checksums verified" in log and "step 2 " in log and "devices 0" in log
+    assert runs.load_record(store, "first").status == runs.FINISHED
+    assert not (ex.jobs_dir / "first" / "work").exists()  # the checkout went with the job
+    first_end = joblog.read_exit(store, "first").ended
+    assert _ended(ex, "second").state == EngineState.SUCCEEDED
+    assert joblog.read_heartbeat(store, "second").started >= first_end - 1.0
+    assert "environment" in joblog.read_log(store, "second")[0].decode()  # reused
+    assert not _job_processes("first", "second")
+    ex.release("first")
+    assert ex.observe("first").state == EngineState.UNKNOWN and not (ex.jobs_dir / "first").exists()
+    assert ex.owned() == ["second"]
 
 
 def test_what_the_local_executor_refuses_up_front(make_executor, tmp_path):
     ex = make_executor(slots=2)
     with pytest.raises(JobError, match="--executor ray"):
         ex.submit(JobSpec(job_id="nodes", store=str(tmp_path), version=1, nnodes=2))
+    with pytest.raises(JobError, match="has 0"):
+        ex.submit(JobSpec(job_id="gpu", store=str(tmp_path), version=1, gpus=1))
     with pytest.raises(JobError, match="2 slot"):
         ex.submit(JobSpec(job_id="big", store=str(tmp_path), version=1, nproc_per_node=3))
     with pytest.raises(JobError, match="invalid job id"):

@@ -49,7 +49,9 @@ def _fill(server):
     store.put_json(f"runs/{run_id}/run.json", {"id": run_id, "name": MARK, "status": "finished"})
     store.put(f"checkpoints/{run_id}/epoch-0001", MARK.encode())
     upload = store.client.json("POST", "uploads", json={"key": f"up/{MARK}"}, expect=(201,))
+    job_id = _ended_job(server, b.id, run_id, store)
     ids = {
+        "job_id": job_id,
         "key": f"iso/{MARK}.bin",
         "upload_id": upload["id"],
         "name": "bds",
@@ -57,6 +59,20 @@ def _fill(server):
         "run_id": run_id,
     }
     return b, store, ids
+
+
+def _ended_job(server, project_id: str, run_id: str, store) -> str:
+    """A job of B that has ended (its row and its log), without running anything."""
+    from benchkit.remote import joblog
+    from benchkit.server.db.jobs import Job
+    from benchkit.server.db.models import utcnow
+
+    with server.keys().db.write() as s:
+        s.add(Job(project_id=project_id, id=run_id, run_id=run_id, name=MARK, version=1,
+                  state="succeeded", executor="local", spec={"job_id": run_id}, message=MARK,
+                  log_bytes=0, metric_parts=0, released=True, created_at=utcnow()))  # fmt: skip
+    store.put(joblog.segment_key(run_id, 1, 0), MARK.encode())
+    return run_id
 
 
 _victims: dict[str, tuple] = {}
@@ -76,6 +92,7 @@ def nowhere() -> dict[str, str]:
         "name": f"none{uuid.uuid4().hex[:8]}",
         "version": "999",
         "run_id": f"20260101-000000-none-{uuid.uuid4().hex[:4]}",
+        "job_id": f"20260101-000000-none-{uuid.uuid4().hex[:4]}",
     }
 
 
@@ -87,7 +104,11 @@ def _body(op: dict, ids: dict[str, str]) -> dict:
         return {"data": b"attacker bytes"}
     schema = content["application/json"]["schema"]
     name = schema.get("$ref", "").rsplit("/", 1)[-1]
-    bodies = {"NewUpload": {"key": ids["key"]}, "Complete": {"sha256": "0" * 64, "size": 1}}
+    bodies = {
+        "NewUpload": {"key": ids["key"]},
+        "Complete": {"sha256": "0" * 64, "size": 1},
+        "JobIn": {"version": 1, "name": "probe"},
+    }
     assert name in bodies, f"teach test_isolation a body for schema {name!r}"
     return {"json": bodies[name]}
 
@@ -160,3 +181,5 @@ def test_another_projects_things_are_not_found(bench_server, method, path):
     assert [r["id"] for r in b_store.catalog().runs()] == [b_ids["run_id"]]
     assert [c["name"] for c in b_store.catalog().checkpoints()] == ["epoch-0001"]
     assert [u["id"] for u in b_store.uploads()] == [b_ids["upload_id"]]
+    [job] = b_store.client.json("GET", "jobs")["jobs"]
+    assert job["id"] == b_ids["job_id"] and job["state"] == "succeeded" and not job["cancel_requested"]

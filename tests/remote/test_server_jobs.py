@@ -1,0 +1,192 @@
+"""Remote runs through a real Bench server with the local executor, driven by the real CLI:
+the cat/dog example on 2 processes, a cancel mid-run then ``--remote --resume``, a stalled job
+timed out, ``kill -9`` of the server while a job runs, and bad input refused before anything
+runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+from remotekit import TINY, wait_for
+
+from benchkit.code.package import migrate_code
+from benchkit.errors import StoreError
+from benchkit.remote import joblog
+from benchkit.remote.client import JobsClient
+from benchkit.store.http import HttpStore
+from benchkit.training import checkpoints as ckpt
+from benchkit.training import runs
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+CATDOG = ["-c", "batch_size=8", "-c", "workers=0", "-c", "width=4"]
+
+
+def cli(*args, cwd, timeout=300, check=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    res = subprocess.run([sys.executable, "-m", "benchkit", *map(str, args)], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if check is not None:
+        assert res.returncode == check, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def store_of(server, project) -> HttpStore:
+    return HttpStore(server.url, project.key, project.id)
+
+
+def job_processes(job_id: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["environ"]):
+        try:
+            if (p.info["environ"] or {}).get("BENCHKIT_JOB_ID") == job_id:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_state(jobs: JobsClient, job_id: str, states, timeout=300):
+    return wait_for(lambda: (j := jobs.get(job_id))["state"] in states and j, timeout,
+                    f"job {job_id} to be {'/'.join(states)}")  # fmt: skip
+
+
+def tiny_project(tmp_path, requirements: str = "") -> object:
+    project = tmp_path / "tiny"
+    project.mkdir()
+    (project / "benchkit.toml").write_text('[project]\nname = "tiny"\n')
+    (project / "train.py").write_text(textwrap.dedent(TINY))
+    if requirements:
+        (project / "requirements.txt").write_text(requirements)
+    return project
+
+
+def test_catdog_on_two_processes_cancelled_mid_run_then_resumed_remotely_to_the_end(
+    local_job_server, server_project, catdog_project
+):
+    cli("run", "train.py", "--remote", "--detach", "--processes", "2", "--grace", "20",
+        "-c", "epochs=40", "-c", "batch_size=4", "-c", "workers=0", "-c", "width=4",
+        cwd=catdog_project, check=0)  # fmt: skip
+    store = store_of(local_job_server, server_project)
+    jobs = JobsClient(store)
+    [job] = jobs.list(active=True)
+    run_id = job["run_id"]
+    assert job["id"] == run_id and job["processes"] == 2
+    wait_for(lambda: "epoch 1: validation" in joblog.read_log(store, job["id"])[0].decode(), 300,
+             "the first epoch")  # fmt: skip
+    cli("runs", "stop", run_id, cwd=catdog_project, check=0)
+    ended = wait_state(jobs, job["id"], ("cancelled", "failed", "succeeded", "lost"), 120)
+    assert ended["state"] == "cancelled", ended
+    rec = runs.load_record(store, run_id)
+    assert rec.status == runs.INTERRUPTED and rec.world_size == 2
+    saved = [c.name for c in ckpt.list_checkpoints(store, run_id)]
+    assert saved and "epoch-0040" not in saved, saved
+    assert not job_processes(job["id"]), "a process of the cancelled job is still running"
+
+    # continue it on the server from its checkpoint, one more epoch, following its log
+    done = int(saved[-1].split("-")[1])
+    res = cli("run", "train.py", "--remote", "--resume", "--processes", "2", "-c",
+              f"epochs={done + 1}", cwd=catdog_project, timeout=400)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"epoch {done + 1}: validation" in res.stdout  # streamed back
+    assert "epoch 1: validation" not in res.stdout and "succeeded" in res.stderr
+    rec = runs.load_record(store, run_id)
+    assert rec.status == runs.FINISHED and rec.resumed and rec.world_size == 2
+    assert f"epoch-{done + 1:04d}" in [c.name for c in ckpt.list_checkpoints(store, run_id)]
+    series = runs.metric_series(runs.read_events(store, run_id))
+    assert series["loss"] and len(series["val_accuracy"]) >= done + 1
+    first, second = jobs.list(run=run_id)
+    assert (first["resume"], second["resume"]) == (False, True) and second["state"] == "succeeded"
+    assert "checksums verified" in joblog.read_log(store, second["id"])[0].decode()
+    logs = cli("runs", "logs", run_id, cwd=catdog_project, check=0)  # both jobs' logs
+    assert "epoch 1: validation" in logs.stdout and f"epoch {done + 1}: validation" in logs.stdout
+    work = local_job_server.data_dir / "executor" / "jobs"
+    wait_for(lambda: not any(work.iterdir()), 60, "the jobs' directories to be released")
+
+
+def test_a_job_that_writes_nothing_is_timed_out(local_job_server, server_project, tmp_path):
+    project = tiny_project(tmp_path)
+    cli("run", "train.py", "--remote", "--detach", "--stall-timeout", "25", "--grace", "10",
+        "-c", "steps=3", "-c", "sleep=600", cwd=project, check=0)  # fmt: skip
+    jobs = JobsClient(store_of(local_job_server, server_project))
+    [job] = jobs.list(active=True)
+    ended = wait_state(jobs, job["id"], ("timed_out", "failed", "cancelled", "lost"), 300)
+    assert ended["state"] == "timed_out" and "no new output" in ended["message"], ended
+    store = store_of(local_job_server, server_project)
+    assert "step 0 " in joblog.read_log(store, job["id"])[0].decode()  # it trained, then stalled
+    assert runs.load_record(store, job["run_id"]).status == runs.INTERRUPTED
+    assert not job_processes(job["id"])
+
+
+def test_a_job_outlives_kill_9_of_its_server_and_is_adopted_with_its_whole_log(
+    local_job_server, server_project, tmp_path
+):
+    project = tiny_project(tmp_path)
+    cli("run", "train.py", "--remote", "--detach", "-c", "steps=40", "-c", "sleep=0.25",
+        cwd=project, check=0)  # fmt: skip
+    store = store_of(local_job_server, server_project)
+    jobs = JobsClient(store)
+    [job] = jobs.list(active=True)
+    wait_for(lambda: "step 3 " in joblog.read_log(store, job["id"])[0].decode(), 300, "training")
+    shim = joblog.read_heartbeat(store, job["id"]).pid
+    local_job_server.kill()  # SIGKILL: no shutdown code runs
+    assert psutil.pid_exists(shim)  # the job is in a session of its own
+    local_job_server.start()
+    ended = wait_state(jobs, job["id"], ("succeeded", "failed", "lost", "cancelled"), 300)
+    assert ended["state"] == "succeeded", (
+        ended,
+        joblog.read_log(store, job["id"])[0].decode()[-3000:],
+    )
+    assert joblog.read_exit(store, job["id"]).extra["attempt"] == 1  # adopted, not run again
+    lines = [ln for ln in joblog.read_log(store, job["id"])[0].decode().splitlines()
+             if ln.startswith("step ")]  # fmt: skip
+    assert [int(ln.split()[1]) for ln in lines] == list(range(40))
+    assert runs.load_record(store, job["run_id"]).status == runs.FINISHED
+
+
+def test_bad_input_is_refused_before_anything_runs(local_job_server, server_project, tmp_path):
+    project = tiny_project(tmp_path)
+    store = store_of(local_job_server, server_project)
+    res = cli("run", "train.py", "--remote", "-c", "no_such_key=1", cwd=project, check=1)
+    assert "unknown config key 'no_such_key'" in res.stderr
+    assert not store.list("code/") and not JobsClient(store).list()  # nothing stored, nothing ran
+    with pytest.raises(StoreError, match="code version 99 does not exist"):
+        JobsClient(store).submit(version=99, name="tiny")
+    version = migrate_code(project / "train.py", store).version
+    with pytest.raises(StoreError, match="--executor ray"):
+        JobsClient(store).submit(version=version, name="tiny", nodes=2)
+    assert not JobsClient(store).list()
+
+
+def test_requirements_that_cannot_be_installed_fail_the_job_with_pips_reason(
+    local_job_server, server_project, tmp_path
+):
+    project = tiny_project(tmp_path, "no-such-package-benchkit-test==1.0\n")
+    res = cli("run", "train.py", "--remote", cwd=project, check=1)
+    assert "could not be installed" in res.stdout and "no-such-package-benchkit-test" in res.stdout
+    assert "failed" in res.stderr
+    store = store_of(local_job_server, server_project)
+    assert not runs.list_run_ids(store)  # it failed before training started
+
+
+def test_a_server_without_an_executor_says_so_before_packaging(tmp_path, monkeypatch):
+    from remotekit import job_server
+    from serverkit import use_project
+
+    server = job_server(tmp_path, "--executor", "none")
+    try:
+        project = use_project(monkeypatch, server)
+        monkeypatch.setenv("BENCHKIT_STORE", server.url)
+        res = cli("run", "train.py", "--remote", cwd=tiny_project(tmp_path), check=1)
+        assert "runs no jobs" in res.stderr and "--executor local" in res.stderr
+        assert not store_of(server, project).list("code/")
+        info = json.loads(cli("jobs", "list", "--json", cwd=tmp_path, check=0).stdout)
+        assert info == []
+    finally:
+        server.close()
