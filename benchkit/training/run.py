@@ -23,11 +23,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchkit.console import console
-from benchkit.errors import CheckpointError, TrainError
+from benchkit.console import console, err_console
+from benchkit.errors import BenchKitError, CheckpointError, TrainError
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
 from benchkit.training import runs
+from benchkit.training.journal import apply_final, save_pending_record
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ class Run:
         datasets: declared datasets by name (``run.loader`` streams them with their transform).
         project: project name given to the trackers.
         output_dir: local directory for this run's files (default: under the BenchKit data dir).
+        accelerator_kwargs: more keyword arguments for ``Accelerator``.
+        code_version, git: recorded in the run record (``benchkit run`` fills them in).
     """
 
     def __init__(
@@ -170,6 +173,8 @@ class Run:
         project: str | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         accelerator_kwargs: dict[str, Any] | None = None,
+        code_version: int | None = None,
+        git: dict[str, Any] | None = None,
     ) -> None:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import broadcast_object_list, set_seed
@@ -217,7 +222,7 @@ class Run:
 
         self._resume_from: ckpt.CheckpointInfo | None = None
         if self.is_main_process:
-            self._open_record(resume)
+            self._open_record(resume, {"code_version": code_version, "git": git})
         if resume:
             self._resume_from = ckpt.latest_checkpoint(self.store, self.run_id)
         self.accelerator.init_trackers(project or "benchkit", config=dict(self.config))
@@ -232,23 +237,35 @@ class Run:
 
     # --- the record ------------------------------------------------------------------------
 
-    def _open_record(self, resume: bool) -> None:
-        if resume:
-            rec = runs.load_record(self.store, self.run_id)
+    def _open_record(self, resume: bool, provenance: dict[str, Any]) -> None:
+        def fill(rec: runs.RunRecord) -> None:
+            rec.world_size = self.accelerator.num_processes
+            rec.host = socket.gethostname()
+            for key, value in provenance.items():
+                setattr(rec, key, value)
+
+        if not resume:
+            rec = runs.RunRecord(id=self.run_id, name=self.name, config=dict(self.config))
+            fill(rec)
+            runs.save_record(self.store, rec)
+            return
+
+        def reopen(rec: runs.RunRecord) -> None:
             rec.status = runs.RUNNING
             rec.ended = None
             rec.traceback = None
             rec.resumed.append(runs.utc_now())
             rec.config = dict(self.config)
-        else:
-            rec = runs.RunRecord(id=self.run_id, name=self.name, config=dict(self.config))
-        rec.world_size = self.accelerator.num_processes
-        rec.host = socket.gethostname()
-        runs.save_record(self.store, rec)
+            fill(rec)
+
+        runs.update_record(self.store, self.run_id, reopen)
 
     def finish(self, status: str = runs.FINISHED, error: str | None = None) -> None:
         """Flush the trackers and record the final status (``finished``, ``failed``,
-        ``interrupted``); called by ``benchkit run`` and by ``with Run(...)``."""
+        ``interrupted``); called by ``benchkit run`` and by ``with Run(...)``. Metrics the
+        store did not take in time stay in the run's journal and the record says so
+        (``unsent``); a record the store refuses to write is kept with them, and
+        ``benchkit sync`` writes both."""
         if self._finished:
             return
         self._finished = True
@@ -256,12 +273,7 @@ class Run:
             self.accelerator.end_training()
         finally:
             if self.is_main_process:
-                rec = runs.load_record(self.store, self.run_id)
-                rec.status = status
-                rec.ended = runs.utc_now()
-                rec.traceback = error
-                rec.last = {**rec.last, **self.tracker.last}
-                runs.save_record(self.store, rec)
+                self._close_record(status, error)
                 for leftover in (
                     self.output_dir / ".staging",
                     self.output_dir / ".restore",
@@ -269,6 +281,25 @@ class Run:
                 ):
                     with contextlib.suppress(OSError):  # only empty ones: the user's files stay
                         leftover.rmdir()
+
+    def _close_record(self, status: str, error: str | None) -> None:
+        final = {
+            "status": status,
+            "ended": runs.utc_now(),
+            "traceback": error,
+            "last": dict(self.tracker.last),
+            "unsent": self.tracker.unsent,
+        }
+        try:
+            runs.update_record(self.store, self.run_id, lambda rec: apply_final(rec, final))
+        except BenchKitError as e:
+            path = save_pending_record(self.run_id, self.store.url, final)
+            err_console.print(
+                f"[yellow]the final record of run {self.run_id} could not be written ({e}); "
+                f"it is kept in {path}. Write it with:[/yellow]\n  benchkit sync {self.run_id}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def __enter__(self) -> Run:
         return self
@@ -514,7 +545,16 @@ class Run:
                 str(i): ld.state_dict() for i, ld in enumerate(self._loaders) if ld.stateful
             },
         }
-        meta = {"epoch": self.epoch, "step": self.step, "in_epoch": in_epoch}
+        # the run's name, config and seed travel with every checkpoint, so a damaged run
+        # record can be rebuilt and a resume never falls back to default hyperparameters
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "in_epoch": in_epoch,
+            "run_name": self.name,
+            "config": dict(self.config),
+            "seed": self.config.get("seed"),
+        }
         ckpt.save_checkpoint(
             self.accelerator,
             self.store,
@@ -527,7 +567,8 @@ class Run:
         )
         if self.is_main_process:
             self.tracker.message(f"checkpoint {name} saved")
-            # what was logged up to a checkpoint survives a hard kill, like the checkpoint
+            # what was logged up to a checkpoint is on disk (journal) before this returns, and
+            # in the store too unless the store refuses it now (then it is retried and synced)
             self.tracker.flush()
         return name
 

@@ -11,6 +11,7 @@ doing it again. On a machine without GPUs the workers use the CPU and gloo.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchkit.code.package import checkout
+from benchkit.code.package import EMBEDDED_MANIFEST, checkout, list_versions
 from benchkit.console import err_console
 from benchkit.data.declare import datasets_in_module
 from benchkit.data.migrate import ensure_migrated
@@ -61,6 +62,10 @@ class RunSpec:
     log_with: list[str] = field(default_factory=list)
     #: a classic script: call its main() (it builds its own accelerator and tracker)
     classic: bool = False
+    #: the stored code version being run (``--version N``, or a checkout of one)
+    code_version: int | None = None
+    #: the project's git commit and whether the work tree had changes
+    git: dict[str, Any] | None = None
 
 
 # --- finding the function ----------------------------------------------------------------------
@@ -197,23 +202,41 @@ class RunRequest:
 
 
 def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
-    """The run to resume: ``ref`` (id, prefix or row), or the latest run called ``name`` that
-    has a checkpoint."""
+    """The run to resume: ``ref`` (id, short id, prefix or row), or the latest run called
+    ``name`` that has a checkpoint. A damaged record is rebuilt first; a run whose config
+    cannot be recovered is refused (it would resume with other hyperparameters)."""
     if ref:
-        rec = runs.load_record(store, runs.resolve_run(store, ref))
+        rec = _resumable(store, runs.resolve_run(store, ref))
         if ckpt.latest_checkpoint(store, rec.id) is None:
             raise TrainError(
                 f"run {rec.id} has no checkpoint in store {store.url}; nothing to resume from"
             )
         return rec
-    for rid in reversed(runs.list_run_ids(store)):
-        rec = runs.load_record(store, rid)
-        if rec.name == name and ckpt.latest_checkpoint(store, rid) is not None:
-            return rec
+    records, warnings = runs.list_records(store)
+    for w in warnings:
+        log.warning("%s", w)
+    for rec in reversed(records):
+        if rec.name == name and ckpt.latest_checkpoint(store, rec.id) is not None:
+            return _resumable(store, rec.id)
     raise TrainError(
         f"no run named {name!r} with a checkpoint in store {store.url}; start one without --resume "
         "(or give --resume RUN_ID)"
     )
+
+
+def _resumable(store: Store, run_id: str) -> runs.RunRecord:
+    try:
+        rec = runs.load_record(store, run_id)
+    except runs.RecordDamaged as e:
+        log.warning("%s", e)
+        rec = runs.rebuild_record(store, run_id)
+    if rec.rebuilt and not rec.rebuilt.get("config"):
+        raise TrainError(
+            f"run {run_id}: its record was rebuilt but no checkpoint holds its config (they were "
+            "saved by an older BenchKit), so resuming would use other hyperparameters. Start a "
+            "new run, or load a checkpoint explicitly with run.load_checkpoint(name, run_id=...)"
+        )
+    return rec
 
 
 def processes_from(value: str | int | None) -> int:
@@ -258,8 +281,10 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         name = req.name or fn.__benchkit_name__
     migrate_missing_datasets(module, store, settings.project_root)
     resume = req.resume is not None
+    if resume and req.run_id:
+        raise ConfigError("--run-id starts a new run; to continue one, give --resume RUN_ID")
     if classic:
-        config, run_id = {}, runs.new_run_id(name)
+        config, run_id = {}, given_run_id(store, name, req.run_id)
     elif resume:
         rec = resolve_resume(store, name, req.resume or None)
         base = dict(rec.config)
@@ -284,6 +309,8 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         project=settings.project,
         log_with=list(req.log_with),
         classic=classic,
+        code_version=req.version if req.version is not None else packaged_version(store, file),
+        git=git_state(Path(file).resolve().parent),
     )
     return spec, module
 
@@ -301,6 +328,40 @@ def given_run_id(store: Store, name: str, given: str | None) -> str:
             f"run {given} already exists in store {store.url}; continue it with --resume {given}"
         )
     return given
+
+
+def packaged_version(store: Store, file: str) -> int | None:
+    """The stored code version ``file`` was checked out from (``versions pull``), found by the
+    embedded manifest next to it; None for code that is not a pulled version."""
+    embedded = Path(file).resolve().parent / EMBEDDED_MANIFEST
+    if not embedded.is_file():
+        return None
+    digest = hashlib.sha256(embedded.read_bytes()).hexdigest()
+    try:
+        versions = list_versions(store)
+    except BenchKitError as e:
+        log.warning("could not list code versions in %s: %s", store.url, e)
+        return None
+    return next((m.version for m in versions if m.content_sha256 == digest), None)
+
+
+def git_state(directory: Path) -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the git work tree holding ``directory``, or None (no git, or
+    not a work tree)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def is_classic_script(module: ModuleType) -> bool:
@@ -356,6 +417,8 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         log_with=spec.log_with or None,
         datasets=datasets_in_module(module),
         project=spec.project,
+        code_version=spec.code_version,
+        git=spec.git,
     )
     if run.is_main_process:
         verb = "resuming" if spec.resume else "run"
@@ -466,17 +529,24 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
 
 
 def _mark_if_running(spec: RunSpec, status: str, why: str, create: bool = False) -> str | None:
-    """A worker killed hard cannot record its end: do it for it. Returns the final status."""
+    """A worker killed hard cannot record its end: do it for it. Returns the final status
+    (None when the store could not be reached: the run then shows as lost once its
+    heartbeat is old)."""
+
+    def mark(rec: runs.RunRecord) -> None:
+        if rec.status == runs.RUNNING:
+            rec.status = status
+            rec.ended = runs.utc_now()
+            rec.traceback = rec.traceback or why
+
+    def new() -> runs.RunRecord:
+        return runs.RunRecord(id=spec.run_id, name=spec.name)
+
     try:
-        store = open_store(spec.store)
-        if create and not store.exists(runs.run_key(spec.run_id)):
-            runs.save_record(store, runs.RunRecord(id=spec.run_id, name=spec.name))
-        rec = runs.load_record(store, spec.run_id)
-    except Exception:
+        rec = runs.update_record(
+            open_store(spec.store), spec.run_id, mark, create=new if create else None
+        )
+    except BenchKitError as e:
+        log.warning("could not record the end of run %s: %s", spec.run_id, e)
         return None
-    if rec.status == runs.RUNNING:
-        rec.status = status
-        rec.ended = runs.utc_now()
-        rec.traceback = rec.traceback or why
-        runs.save_record(store, rec)
     return rec.status
