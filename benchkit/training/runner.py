@@ -11,6 +11,8 @@ doing it again. On a machine without GPUs the workers use the CPU and gloo.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +21,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +40,7 @@ from benchkit.settings import get_paths, load_settings
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
 from benchkit.training import runs
-from benchkit.training.run import IMPLICIT_CONFIG, Run
+from benchkit.training.run import IMPLICIT_CONFIG, Run, StopRun
 
 log = logging.getLogger(__name__)
 
@@ -428,12 +433,14 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
             highlight=False,
         )
     try:
-        fn(run)
-    except KeyboardInterrupt:
-        run.finish(runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
+        with stop_on_sigterm(run.request_stop):
+            fn(run)
+    except KeyboardInterrupt as e:
+        why = f"interrupted ({e})" if isinstance(e, StopRun) else "interrupted (KeyboardInterrupt)"
+        run.finish(runs.INTERRUPTED, why)
         if run.is_main_process:
-            err_console.print(f"[yellow]run {run.run_id} interrupted[/yellow]")
-        return 130
+            err_console.print(f"[yellow]run {run.run_id} {why}[/yellow]", highlight=False)
+        return exit_status(e)
     except BaseException as e:
         tb = traceback.format_exc()
         try:
@@ -449,10 +456,59 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         return 1
     run.finish(runs.FINISHED)
     if run.is_main_process:
+        # soft_wrap: a command is printed whole, never split across lines by the console width
         err_console.print(
-            f"[green]run {run.run_id} finished[/green] — `benchkit runs show {run.run_id}`"
+            f"[green]run {run.run_id} finished[/green]; see it with: benchkit runs show "
+            f"{runs.short_id(run.run_id)}",
+            highlight=False,
+            soft_wrap=True,
         )
     return 0
+
+
+#: Seconds between a SIGTERM and giving up on a step boundary (then: stop without checkpoint).
+STOP_GRACE = 60.0
+#: A SIGTERM this soon after the first is the same request delivered twice.
+DUPLICATE_WINDOW = 2.0
+
+
+def exit_status(e: BaseException) -> int:
+    """130 for Ctrl-C, 143 (128 + SIGTERM) for a run stopped by SIGTERM."""
+    return 128 + signal.SIGTERM if isinstance(e, StopRun) and "SIGTERM" in str(e) else 130
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(request_stop: Callable[[str], None]) -> Iterator[None]:
+    """While inside: the first SIGTERM asks for a stop at the next step boundary (checkpoint
+    first, see ``Run.request_stop``); a second one, or ``BENCHKIT_STOP_GRACE`` seconds (60)
+    without a boundary, stops at once. Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    grace = float(os.environ.get("BENCHKIT_STOP_GRACE") or STOP_GRACE)
+    timers: list[threading.Timer] = []
+
+    first: list[float] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if first:
+            # torchrun forwards the SIGTERM its process group also got: not a second request
+            if time.monotonic() - first[0] > DUPLICATE_WINDOW:
+                raise StopRun("SIGTERM, twice")
+            return
+        first.append(time.monotonic())
+        request_stop("SIGTERM")
+        timers.append(threading.Timer(grace, _thread.interrupt_main))
+        timers[0].daemon = True
+        timers[0].start()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for t in timers:
+            t.cancel()
 
 
 def run_classic(spec: RunSpec, module: ModuleType) -> int:
@@ -468,10 +524,12 @@ def run_classic(spec: RunSpec, module: ModuleType) -> int:
     os.environ.update(env)
     argv, sys.argv = sys.argv, [spec.file]
     try:
-        module.main()
-    except KeyboardInterrupt:
-        _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)", create=True)
-        return 130
+        with stop_on_sigterm(_stop_now):  # a classic script has no step boundaries to use
+            module.main()
+    except KeyboardInterrupt as e:
+        why = f"interrupted ({e})" if isinstance(e, StopRun) else "interrupted (KeyboardInterrupt)"
+        _mark_if_running(spec, runs.INTERRUPTED, why, create=True)
+        return exit_status(e)
     except BaseException as e:
         if isinstance(e, SystemExit) and e.code in (0, None):
             return 0
@@ -491,6 +549,10 @@ def run_classic(spec: RunSpec, module: ModuleType) -> int:
     return 0
 
 
+def _stop_now(reason: str) -> None:
+    raise StopRun(reason)
+
+
 def torchrun_command(n: int) -> list[str]:
     """The command that starts ``n`` workers of ``benchkit run`` on this machine."""
     return [
@@ -508,6 +570,14 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
     cmd = torchrun_command(n)
     log.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
+    terminated: list[bool] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        # torchrun passes it on to the workers, which checkpoint and stop (Run.request_stop)
+        terminated.append(True)
+        proc.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -520,6 +590,12 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
         _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
         err_console.print(f"[yellow]run {spec.run_id} interrupted[/yellow]")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        _mark_if_running(spec, runs.INTERRUPTED, "interrupted (SIGTERM)")
+        err_console.print(f"[yellow]run {spec.run_id} interrupted (SIGTERM)[/yellow]")
+        return 128 + signal.SIGTERM
     if code != 0:
         status = _mark_if_running(spec, runs.FAILED, f"torchrun exited with status {code}")
         if status == runs.INTERRUPTED:  # the workers got the Ctrl-C and recorded it

@@ -249,3 +249,57 @@ def fit(run):
     series = runs.metric_series(runs.read_events(s, rid))
     assert len(series["loss"]) == 2 and all(v != v for _, v in series["loss"])
     assert [v for _, v in series["grad"]] == [float("-inf")] * 2
+
+
+PLAIN_LOOP = """
+import os, time
+from pathlib import Path
+import torch
+import benchkit as bench
+
+
+@bench.train(config={"epochs": 2, "pause": 0.02})
+def fit(run):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(160, 2, generator=g), torch.randn(160, 1, generator=g))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    model, opt, loader = run.prepare(model, opt, loader)
+    for epoch in run.epochs():
+        for x, y in loader:  # a plain loop: nothing in it knows about stopping
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            run.backward(loss); opt.step(); opt.zero_grad()
+            run.log({"loss": loss})
+            if run.step == 15 and run.is_main_process:
+                Path(os.environ["SIGNALS"], "step15").write_text("")
+            time.sleep(run.config.pause)
+        run.save_checkpoint()
+"""
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.multiprocess)])
+def test_sigterm_checkpoints_at_the_next_step_and_ends_interrupted(
+    store, module, tmp_path, start_run, wait_for, cli, processes
+):
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    path = module("plain_loop.py", PLAIN_LOOP)
+    proc = start_run(
+        "run", path, "--cpu", "-n", processes, cwd=tmp_path, env={"SIGNALS": str(signals)}
+    )
+    wait_for(signals / "step15", proc)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler or a spot reclaim sends
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 143, out
+    s = open_store(store)
+    [rid] = runs.list_run_ids(s)
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.INTERRUPTED and "SIGTERM" in rec.traceback
+    [saved] = rec.checkpoints  # one mid-epoch checkpoint, taken once for all processes
+    assert saved["name"].startswith("epoch-0001-step-") and saved["step"] >= 16
+    assert f"--resume {runs.short_id(rid)}" in " ".join(out.split())
+    code, _, err = cli("run", path, "--cpu", "--resume", runs.short_id(rid), "-c", "pause=0")
+    assert code == 0, err
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.FINISHED and rec.checkpoints[-1]["name"] == "epoch-0002"
