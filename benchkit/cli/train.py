@@ -164,7 +164,7 @@ def cmd_runs_list(args: Any) -> int:
     from benchkit.training import runs
 
     store = _store(args)
-    records, warnings = runs.list_records(store)
+    records, warnings = runs.read_records(store)
     _warn(warnings)
     rows, out = [], []
     for rec in records:
@@ -247,7 +247,7 @@ def cmd_runs_show(args: Any) -> int:
         )
         console.print(f"[magenta]lost:[/magenta] recorded as running, but its last heartbeat was at {when}; "
                       "the process was killed or its machine is gone. Resume it with `benchkit run "
-                      f"--resume {runs.short_id(rec.id)}`", highlight=False)  # fmt: skip
+                      f"--resume {runs.short_id(rec.id)}`", highlight=False, soft_wrap=True)  # fmt: skip
     if rec.resumed:
         console.print(f"resumed at {', '.join(rec.resumed)}")
     if rec.code_version is not None or rec.git:

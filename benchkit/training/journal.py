@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ FRAME = struct.Struct("<II")
 #: A new segment file starts once the current one is this large.
 SEGMENT_BYTES = 16 * 1024 * 1024
 SEGMENT_SUFFIX = ".seg"
+#: Unacknowledged records an appending process also keeps in memory, at most.
+MEMORY_BYTES = 64 * 1024 * 1024
 #: Refuse frames claiming more than this (a damaged length field).
 MAX_RECORD = 16 * 1024 * 1024
 
@@ -106,6 +109,14 @@ class Journal:
         self._out: BinaryIO | None = None
         self._out_bytes = 0
         self._next_seq = 1
+        #: (segment's first seq, byte offset, seq of the record that ends there) of the last read
+        self._read_hint: tuple[int, int, int] = (0, 0, 0)
+        #: the appending process's unacknowledged records, also kept in memory (while they fit
+        #: in MEMORY_BYTES) so sending them does not read the journal back
+        self._mem: list[bytes] = []
+        self._mem_first = 1
+        self._mem_bytes = 0
+        self._mem_lock = threading.Lock()
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -153,17 +164,27 @@ class Journal:
     def append(self, records: list[dict[str, Any]]) -> int:
         """Give each record the next seq and append it; returns the last seq (0 if none yet).
         The bytes reach the OS (readers in other processes see them) but are not fsynced."""
+        payloads = []
+        batch_first = self._next_seq
         for rec in records:
             if self._out is None or self._out_bytes >= SEGMENT_BYTES:
                 self._roll()
             assert self._out is not None
             rec["seq"] = self._next_seq
-            data = frame(encode(rec))
+            payload = encode(rec)
+            data = frame(payload)
             self._out.write(data)
             self._out_bytes += len(data)
             self._next_seq += 1
+            payloads.append(payload)
         if self._out is not None:
             self._out.flush()
+        with self._mem_lock:
+            if not self._mem:
+                self._mem_first = batch_first
+            if self._mem_bytes < MEMORY_BYTES and self._mem_first + len(self._mem) == batch_first:
+                self._mem.extend(payloads)
+                self._mem_bytes += sum(map(len, payloads))
         return self._next_seq - 1
 
     @property
@@ -204,23 +225,57 @@ class Journal:
         return sorted(out)
 
     def read(self, after: int, max_records: int, max_bytes: int) -> list[Record]:
-        """Up to ``max_records`` records (and about ``max_bytes``) with seq > ``after``."""
+        """Up to ``max_records`` records (and about ``max_bytes``) with seq > ``after``.
+        Sequential reads continue from where the last one stopped (no rescan)."""
+        from_memory = self._read_memory(after, max_records, max_bytes)
+        if from_memory is not None:
+            return from_memory
         out: list[Record] = []
         size = 0
         segs = self.segments()
         for i, (first, path) in enumerate(segs):
             if i + 1 < len(segs) and segs[i + 1][0] <= after + 1:
                 continue  # every record of this segment is at or below `after`
-            seq = first - 1
-            for _, payload in read_frames(path):
+            seq, offset = first - 1, 0
+            hint_first, hint_offset, hint_seq = self._read_hint
+            if hint_first == first and hint_seq <= after:
+                seq, offset = hint_seq, hint_offset  # resume the scan where it stopped
+            for end, payload in read_frames(path, offset):
                 seq += 1
                 if seq <= after:
+                    self._read_hint = (first, end, seq)
                     continue
                 out.append(Record(seq, payload))
                 size += len(payload)
+                self._read_hint = (first, end, seq)
                 if len(out) >= max_records or size >= max_bytes:
                     return out
         return out
+
+    def _read_memory(self, after: int, max_records: int, max_bytes: int) -> list[Record] | None:
+        with self._mem_lock:
+            start = after + 1 - self._mem_first
+            if not self._mem or start < 0 or self._mem_bytes >= MEMORY_BYTES:
+                return None  # not (all) in memory: read the journal
+            out, size = [], 0
+            for i in range(start, min(len(self._mem), start + max_records)):
+                out.append(Record(self._mem_first + i, self._mem[i]))
+                size += len(self._mem[i])
+                if size >= max_bytes:
+                    break
+            return out
+
+    def _forget(self, seq: int) -> None:
+        """Drop acknowledged records from memory; start over once memory overflowed."""
+        with self._mem_lock:
+            if self._mem_bytes >= MEMORY_BYTES:  # overflowed: the journal serves until empty
+                self._mem, self._mem_bytes, self._mem_first = [], 0, seq + 1
+                return
+            n = max(0, min(len(self._mem), seq + 1 - self._mem_first))
+            if n:
+                self._mem_bytes -= sum(map(len, self._mem[:n]))
+                del self._mem[:n]
+                self._mem_first += n
 
     def last_written(self) -> int:
         """The highest seq on disk (reads the last segment)."""
@@ -239,8 +294,11 @@ class Journal:
 
     def ack(self, seq: int) -> None:
         """Record that every seq up to ``seq`` is acknowledged; delete segments wholly below it."""
-        with atomic_file(self.dir / "acked") as f:
-            f.write(f"{seq}\n".encode())
+        # not fsynced: a cursor lost in a crash only makes a batch be sent again (idempotent)
+        tmp = self.dir / f".acked.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(f"{seq}\n")
+        os.replace(tmp, self.dir / "acked")
+        self._forget(seq)
         segs = self.segments()
         for i, (_, path) in enumerate(segs[:-1]):
             if segs[i + 1][0] - 1 <= seq:

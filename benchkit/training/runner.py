@@ -217,10 +217,7 @@ def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
                 f"run {rec.id} has no checkpoint in store {store.url}; nothing to resume from"
             )
         return rec
-    records, warnings = runs.list_records(store)
-    for w in warnings:
-        log.warning("%s", w)
-    for rec in reversed(records):
+    for rec in reversed(runs.list_records(store)):
         if rec.name == name and ckpt.latest_checkpoint(store, rec.id) is not None:
             return _resumable(store, rec.id)
     raise TrainError(

@@ -310,8 +310,9 @@ def list_run_ids(store: Store) -> list[str]:
     return [d for d in store.list_dirs(RUNS) if store.exists(run_key(d))]
 
 
-def list_records(store: Store) -> tuple[list[RunRecord], list[str]]:
-    """Every readable run record, and a warning for each one that could not be read."""
+def read_records(store: Store) -> tuple[list[RunRecord], list[str]]:
+    """Every readable run record, oldest first, and a warning for each one that could not be
+    read (it is skipped, not fatal)."""
     catalog = store.catalog()
     if catalog is not None:  # a Bench server lists its runs from its database
         return [RunRecord.from_json(r) for r in catalog.runs()], []
@@ -322,6 +323,15 @@ def list_records(store: Store) -> tuple[list[RunRecord], list[str]]:
         except TrainError as e:
             warnings.append(f"skipped run {rid}: {e}")
     return records, warnings
+
+
+def list_records(store: Store) -> list[RunRecord]:
+    """Every readable run record, oldest first; unreadable ones are skipped with a logged
+    warning."""
+    records, warnings = read_records(store)
+    for w in warnings:
+        log.warning("%s", w)
+    return records
 
 
 def resolve_run(store: Store, ref: str, rows: bool = True) -> str:

@@ -42,7 +42,9 @@ from benchkit.training.journal import Journal
 
 log = logging.getLogger(__name__)
 
-#: One batch carries at most this many records, and about this many bytes.
+#: A batch carries at most this many records, and about this many bytes, unless the sink says
+#: otherwise (``max_records`` / ``max_bytes`` attributes; a server wants small batches, a
+#: store few objects).
 MAX_RECORDS = 5000
 MAX_BYTES = 1024 * 1024
 #: Backoff between failed sends: full jitter over min(cap, base * 2**attempt) seconds.
@@ -76,6 +78,10 @@ class Sink(Protocol):
 
 class StoreSink:
     """Metric part objects in a store, keyed by writer and seq range (idempotent)."""
+
+    #: every part is one object write (and an fsync on a directory store): few, large ones
+    max_records = 100_000
+    max_bytes = 16 * 1024 * 1024
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -150,7 +156,11 @@ class Sender:
             return True
 
     def _next(self, acked: int) -> Batch | None:
-        records = self.journal.read(acked, MAX_RECORDS, MAX_BYTES)
+        records = self.journal.read(
+            acked,
+            getattr(self.sink, "max_records", MAX_RECORDS),
+            getattr(self.sink, "max_bytes", MAX_BYTES),
+        )
         if not records:
             return None
         return Batch(
