@@ -55,13 +55,16 @@ def journal_root() -> Path:
     return get_paths().data / "journal"
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+
+
 def encode(record: dict[str, Any]) -> bytes:
     """One record as JSON (NaN and infinities kept as such: Python's JSON reads them back)."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=True).encode()
+    return _ENCODER.encode(record).encode()
 
 
-def frame(payload: bytes) -> bytes:
-    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+def frame(payload: bytes, _pack: Any = FRAME.pack, _crc: Any = zlib.crc32) -> bytes:
+    return _pack(len(payload), _crc(payload)) + payload
 
 
 def read_frames(path: Path, offset: int = 0) -> Iterator[tuple[int, bytes]]:
@@ -164,21 +167,21 @@ class Journal:
     def append(self, records: list[dict[str, Any]]) -> int:
         """Give each record the next seq and append it; returns the last seq (0 if none yet).
         The bytes reach the OS (readers in other processes see them) but are not fsynced."""
-        payloads = []
+        payloads: list[bytes] = []
         batch_first = self._next_seq
+        pending: list[bytes] = []
         for rec in records:
             if self._out is None or self._out_bytes >= SEGMENT_BYTES:
+                self._write(pending)
                 self._roll()
-            assert self._out is not None
             rec["seq"] = self._next_seq
             payload = encode(rec)
             data = frame(payload)
-            self._out.write(data)
+            pending.append(data)
             self._out_bytes += len(data)
             self._next_seq += 1
             payloads.append(payload)
-        if self._out is not None:
-            self._out.flush()
+        self._write(pending)
         with self._mem_lock:
             if not self._mem:
                 self._mem_first = batch_first
@@ -186,6 +189,12 @@ class Journal:
                 self._mem.extend(payloads)
                 self._mem_bytes += sum(map(len, payloads))
         return self._next_seq - 1
+
+    def _write(self, frames: list[bytes]) -> None:
+        if frames and self._out is not None:
+            self._out.write(b"".join(frames))
+            self._out.flush()
+            frames.clear()
 
     @property
     def last_seq(self) -> int:
