@@ -66,7 +66,7 @@ def test_metrics_survive_a_store_that_refuses_writes_for_3_seconds(
     path = module("logger.py", LOGGER)
     proc = start_run(
         "run", path, "--cpu", cwd=tmp_path,
-        env={"SIGNALS": str(signals), "BENCHKIT_HEARTBEAT_INTERVAL": "1"},
+        env={"SIGNALS": str(signals), "BENCHKIT_HEARTBEAT_INTERVAL": "1", "COLUMNS": "40"},
     )  # fmt: skip
     wait_for(signals / "logged", proc)
     switchable_store.read_only()
@@ -83,6 +83,10 @@ def test_metrics_survive_a_store_that_refuses_writes_for_3_seconds(
     assert rec.status == runs.FINISHED and rec.unsent is None
     assert points(switchable_store.path, rid) == [float(i) for i in range(POINTS)]
     assert "sync" not in out  # nothing was left to send
+    # the closing hint is one whole command, even on a 40-column terminal
+    assert any(
+        line.endswith(f"benchkit runs show {runs.short_id(rid)}") for line in out.splitlines()
+    )
 
 
 def test_store_down_at_the_end_keeps_everything_for_sync_and_sync_is_idempotent(
