@@ -166,22 +166,32 @@ class Journal:
 
     def append(self, records: list[dict[str, Any]]) -> int:
         """Give each record the next seq and append it; returns the last seq (0 if none yet).
-        The bytes reach the OS (readers in other processes see them) but are not fsynced."""
+        The bytes reach the OS (readers in other processes see them) but are not fsynced.
+        On a write error (disk full) nothing of the batch counts: the seqs are given again
+        by the next append, into a new segment that hides what the failed write left."""
         payloads: list[bytes] = []
         batch_first = self._next_seq
         pending: list[bytes] = []
-        for rec in records:
-            if self._out is None or self._out_bytes >= SEGMENT_BYTES:
-                self._write(pending)
-                self._roll()
-            rec["seq"] = self._next_seq
-            payload = encode(rec)
-            data = frame(payload)
-            pending.append(data)
-            self._out_bytes += len(data)
-            self._next_seq += 1
-            payloads.append(payload)
-        self._write(pending)
+        try:
+            for rec in records:
+                if self._out is None or self._out_bytes >= SEGMENT_BYTES:
+                    self._write(pending)
+                    self._roll()
+                rec["seq"] = self._next_seq
+                payload = encode(rec)
+                data = frame(payload)
+                pending.append(data)
+                self._out_bytes += len(data)
+                self._next_seq += 1
+                payloads.append(payload)
+            self._write(pending)
+        except OSError:
+            self._next_seq = batch_first
+            if self._out is not None:
+                with contextlib.suppress(OSError):
+                    self._out.close()
+                self._out = None
+            raise
         with self._mem_lock:
             if not self._mem:
                 self._mem_first = batch_first
@@ -249,8 +259,12 @@ class Journal:
             hint_first, hint_offset, hint_seq = self._read_hint
             if hint_first == first and hint_seq <= after:
                 seq, offset = hint_seq, hint_offset  # resume the scan where it stopped
+            # frames past the next segment's first seq were left by a failed write
+            limit = segs[i + 1][0] - 1 if i + 1 < len(segs) else None
             for end, payload in read_frames(path, offset):
                 seq += 1
+                if limit is not None and seq > limit:
+                    break
                 if seq <= after:
                     self._read_hint = (first, end, seq)
                     continue

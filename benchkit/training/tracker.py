@@ -281,8 +281,14 @@ class BenchTracker(GeneralTracker):
             t.join()
         _live.discard(self)
         assert self.journal is not None and self._sender is not None
-        self._journal_pending()
-        self.journal.close()
+        try:
+            self._journal_pending()
+            self.journal.close()
+        except OSError as e:
+            log.error(
+                "benchkit tracker: the journal of run %s in %s cannot be written (%s); %d "
+                "event(s) logged last are lost", self.run_id, self.journal.dir, e, len(self._buffer),
+            )  # fmt: skip
         target = self.journal.last_seq
         if not self.offline:
             self._sender.drain(time.monotonic() + self.drain_timeout, target)
@@ -330,7 +336,11 @@ class BenchTracker(GeneralTracker):
         the store's errors (what it refused is kept and retried)."""
         if not self._started or self.journal is None:
             return True
-        target = self._journal_pending(sync=True)
+        try:
+            target = self._journal_pending(sync=True)
+        except OSError as e:  # the local disk: the events stay in memory, retried
+            log.error("benchkit tracker: journaling run %s failed: %s", self.run_id, e)
+            return False
         if self.offline or self._finished:
             return self.journal.acked() >= target
         deadline = time.monotonic() + timeout
@@ -349,18 +359,27 @@ class BenchTracker(GeneralTracker):
         with self._journal_lock:
             with self._lock:
                 batch, self._buffer = self._buffer, []
-            records = []
-            for step, t, payload in batch:
-                if isinstance(payload, str):
-                    records.append({"time": round(t, 6), "message": payload})
-                else:
-                    values = {k: _to_plain(v) for k, v in payload.items()}
-                    self.last.update(values)
-                    records.append({"step": step, "time": round(t, 6), "values": values})
-            last = self.journal.append(records)
-            if sync:
-                self.journal.sync()
-            return last
+            try:
+                return self._append(batch, sync)
+            except OSError:
+                with self._lock:  # kept for the next try: the local disk may recover
+                    self._buffer[:0] = batch
+                raise
+
+    def _append(self, batch: list[tuple], sync: bool) -> int:
+        assert self.journal is not None
+        records = []
+        for step, t, payload in batch:
+            if isinstance(payload, str):
+                records.append({"time": round(t, 6), "message": payload})
+            else:
+                values = {k: _to_plain(v) for k, v in payload.items()}
+                self.last.update(values)
+                records.append({"step": step, "time": round(t, 6), "values": values})
+        last = self.journal.append(records)
+        if sync:
+            self.journal.sync()
+        return last
 
     def _journal_loop(self) -> None:
         next_sync = 0.0
