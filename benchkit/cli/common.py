@@ -33,15 +33,21 @@ JSON = _parent("--json", action="store_true", help="print JSON")
 YES = _parent("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
 
-def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print rows as a rich table; an empty listing says so instead of drawing an empty box."""
+def print_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    no_wrap: Sequence[str] = (),
+) -> None:
+    """Print rows as a rich table; an empty listing says so instead of drawing an empty box.
+    Columns named in ``no_wrap`` (ids, dates) are never folded; the others fold to fit."""
     rows = list(rows)
     if not rows:
         console.print(f"[dim]no {title.lower() if title else 'rows'}[/dim]")
         return
     table = Table(title=title, header_style="bold")
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in no_wrap)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)

@@ -1,13 +1,18 @@
-"""``benchkit run``: parse the flags into a :class:`~benchkit.training.runner.RunRequest` and
-hand it to the training runner (a torchrun worker joins the run its launcher resolved)."""
+"""``benchkit run`` and ``benchkit sync``.
+
+``run`` parses its flags into a :class:`~benchkit.training.runner.RunRequest` and hands it to
+the training runner (a torchrun worker joins the run its launcher resolved). ``sync`` sends the
+metric records and final run records that runs on this machine could not write.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from benchkit.cli.common import STORE
+from benchkit.cli.common import JSON, STORE, console, err_console, print_json, print_table
 from benchkit.cli.remote import add_remote_flags
+from benchkit.errors import TrainError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--run-id",
         metavar="ID",
-        help="the new run's id (default: a new one from the time and name)",
+        help="start a new run with this id (letters, digits, '-', '_', '.'; must be unused)",
     )
     p.add_argument(
         "--resume",
@@ -71,6 +76,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_remote_flags(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sync",
+        parents=[JSON, STORE],
+        help="send metrics and run records that runs on this machine could not write",
+        description="Send what runs journaled locally but could not write to their store (it "
+        "was down, or BENCHKIT_MODE=offline): metric records, and the final record of a run "
+        "that ended meanwhile. Idempotent; safe on live and crashed runs. --store sends to "
+        "another store than the one each run used.",
+    )
+    p.add_argument("run", nargs="?", help="run id or short id (default: every journaled run)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to keep retrying a store that fails (default 60)",
+    )
+    p.set_defaults(func=cmd_sync)
 
 
 def request_from(args: argparse.Namespace) -> object:
@@ -108,3 +132,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spec_json:  # a torchrun worker: the launcher resolved everything
         return runner.run_worker(spec_json)
     return runner.run(request_from(args))
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from benchkit.training import sync
+
+    ids = [sync.match_run(args.run)] if args.run else sync.journaled_runs()
+    if not ids:
+        console.print("[dim]nothing to sync: every run's metrics are in their store[/dim]")
+        if args.json:
+            print_json([])
+        return 0
+    results = [sync.sync_run(rid, args.store, timeout=args.timeout) for rid in ids]
+    if args.json:
+        print_json([asdict(r) for r in results])
+    else:
+        print_table(
+            "Synced",
+            ["run", "store", "sent", "left", "final record"],
+            [
+                (r.run_id, r.store, r.sent, r.left, "written" if r.record_written else "")
+                for r in results
+            ],  # fmt: skip
+            no_wrap=("run",),
+        )
+    for r in results:
+        for e in r.errors:
+            err_console.print(f"[red]{r.run_id}:[/red] {e}", highlight=False, soft_wrap=True)
+    if any(r.left or r.errors for r in results):
+        raise TrainError(
+            "some records could not be sent (see above); run `benchkit sync` again once the "
+            "store is reachable"
+        )
+    return 0

@@ -4,7 +4,9 @@ original's ``show-check``, ``get-check``, ``del-check``."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = rsub.add_parser(
         "delete", parents=[YES, STORE], help="delete a run, its metrics and its checkpoints"
     )
-    s.add_argument("run")
+    s.add_argument("run", help="run id, short id or name (not a row number)")
     s.set_defaults(func=cmd_runs_delete)
+    s = rsub.add_parser(
+        "repair",
+        parents=[STORE],
+        help="rebuild a damaged run record from the run's checkpoints (the damaged one is kept)",
+    )
+    s.add_argument("run", help="run id or short id")
+    s.set_defaults(func=cmd_runs_repair)
     register_run_actions(rsub)  # runs logs, runs stop (remote runs)
 
     # checkpoints
@@ -130,35 +139,62 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow"}
+STATUS_STYLE = {
+    "running": "cyan",
+    "finished": "green",
+    "failed": "red",
+    "interrupted": "yellow",
+    "lost": "magenta",
+}
+
+
+def _styled(status: str) -> str:
+    style = STATUS_STYLE.get(status, "")
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def _started(rec: Any) -> str:
+    return rec.started.replace("T", " ")[:16]
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
 
 
 def cmd_runs_list(args: Any) -> int:
     from benchkit.training import runs
 
     store = _store(args)
-    records = runs.list_records(store)
+    records, warnings = runs.read_records(store)
+    _warn(warnings)
     rows, out = [], []
-    for i, rec in enumerate(records, 1):
+    for rec in records:
+        status = runs.shown_status(store, rec)
         # an ended run carries its last values; a running (or killed) one is read from its metrics
         last = (
             rec.last
             if rec.status != runs.RUNNING and rec.last
             else runs.last_values(runs.read_events(store, rec.id))
         )
-        out.append({**rec.to_json(), "duration": rec.duration(), "last": last})
-        style = STATUS_STYLE.get(rec.status, "")
+        out.append({**rec.to_json(), "short_id": runs.short_id(rec.id), "status": status,
+                    "recorded_status": rec.status, "duration": rec.duration(), "last": last})  # fmt: skip
+        metrics = " ".join(f"{k}={_fmt(v)}" for k, v in list(last.items())[:4])
         rows.append([
-            i, rec.id, rec.name, f"[{style}]{rec.status}[/{style}]" if style else rec.status,
-            rec.started.replace("T", " ").split("+")[0], _duration(rec.duration()),
-            " ".join(f"{k}={_fmt(v)}" for k, v in list(last.items())[:4]),
+            runs.short_id(rec.id), rec.name, _styled(status) + ("*" if rec.unsent else ""),
+            _started(rec), _duration(rec.duration()), metrics,
         ])  # fmt: skip
     if getattr(args, "json", False):
         print_json(out)
         return 0
     print_table(
-        "Runs", ["#", "id", "name", "status", "started (UTC)", "duration", "last metrics"], rows
+        "Runs",
+        ["id", "name", "status", "started (UTC)", "duration", "last metrics"],
+        rows,
+        no_wrap=("id", "status", "started (UTC)", "duration"),
     )
+    if any(rec.unsent for rec in records):
+        console.print("[dim]* some metrics are not in the store yet: `benchkit runs show ID`[/dim]")
     return 0
 
 
@@ -167,7 +203,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 def sparkline(values: list[float], width: int = 60) -> str:
     """A one-line chart: ``values`` averaged into at most ``width`` buckets."""
-    nums = [float(v) for v in values if isinstance(v, (int, float)) and v == v]
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not nums:
         return ""
     if len(nums) > width:
@@ -194,16 +230,44 @@ def cmd_runs_show(args: Any) -> int:
     rec = runs.load_record(store, runs.resolve_run(store, args.run))
     events = runs.read_events(store, rec.id)
     series = runs.metric_series(events)
+    status = runs.shown_status(store, rec)
     if args.json:
-        print_json({**rec.to_json(), "duration": rec.duration(),
+        print_json({**rec.to_json(), "short_id": runs.short_id(rec.id), "status": status,
+                    "recorded_status": rec.status, "duration": rec.duration(),
                     "metrics": {k: [{"step": s, "value": v} for s, v in pts] for k, pts in series.items()},
                     "messages": [e for e in events if "message" in e]})  # fmt: skip
         return 0
-    style = STATUS_STYLE.get(rec.status, "")
-    console.print(f"[bold]{rec.id}[/bold]  name [bold]{rec.name}[/bold]  status [{style}]{rec.status}[/{style}]  "
-                  f"started {rec.started}  duration {_duration(rec.duration())}  processes {rec.world_size}")  # fmt: skip
+    console.print(f"[bold]{rec.id}[/bold] (short id {runs.short_id(rec.id)})  name [bold]{rec.name}[/bold]  "
+                  f"status {_styled(status)}  started {rec.started}  duration {_duration(rec.duration())}  "
+                  f"processes {rec.world_size}", highlight=False)  # fmt: skip
+    if status == runs.LOST:
+        last, _ = runs.last_sign_of_life(store, rec)
+        when = (
+            datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds")
+            if last
+            else "?"
+        )
+        console.print(f"[magenta]lost:[/magenta] recorded as running, but its last heartbeat was at {when}; "
+                      "the process was killed or its machine is gone. Resume it with `benchkit run "
+                      f"--resume {runs.short_id(rec.id)}`", highlight=False, soft_wrap=True)  # fmt: skip
     if rec.resumed:
         console.print(f"resumed at {', '.join(rec.resumed)}")
+    if rec.code_version is not None or rec.git:
+        code = [f"code version {rec.code_version}"] if rec.code_version is not None else []
+        if rec.git:
+            code.append(
+                f"git {rec.git.get('commit', '')[:12]}"
+                + (" (dirty)" if rec.git.get("dirty") else "")
+            )
+        console.print(", ".join(code), highlight=False)  # fmt: skip
+    if rec.unsent:
+        console.print(f"[yellow]{rec.unsent.get('records')} metric record(s) are not in the store yet[/yellow] "
+                      f"(kept in {rec.unsent.get('journal')} on {rec.unsent.get('host')}); there, run: "
+                      f"{rec.unsent.get('command')}", highlight=False, soft_wrap=True)  # fmt: skip
+    if rec.rebuilt:
+        console.print(f"[yellow]record rebuilt[/yellow] at {rec.rebuilt.get('time')} from "
+                      f"{', '.join(rec.rebuilt.get('from') or []) or 'nothing'}; the damaged one is "
+                      f"{rec.rebuilt.get('damaged')}", highlight=False)  # fmt: skip
     cfg = Table(title="config", header_style="bold")
     cfg.add_column("key")
     cfg.add_column("value")
@@ -218,7 +282,8 @@ def cmd_runs_show(args: Any) -> int:
         label = max(len(k) for k in series)
         width = max(10, min(80, console.width - label - 4))
         for k, pts in series.items():
-            vals = [v for _, v in pts if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            vals = [v for _, v in pts if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v)]  # fmt: skip
             t.add_row(k, _fmt(pts[-1][1]), _fmt(min(vals)) if vals else "", _fmt(max(vals)) if vals else "",
                       str(len(pts)), f"{pts[0][0]}–{pts[-1][0]}")  # fmt: skip
             if len(vals) > 1:
@@ -245,13 +310,37 @@ def cmd_runs_delete(args: Any) -> int:
     from benchkit.training import runs
 
     store = _store(args)
-    run_id = runs.resolve_run(store, args.run)
+    run_id = runs.resolve_run(store, args.run, rows=False)
     if not confirm(
         f"delete run {run_id}, its metrics and its checkpoints from {store.url}?", args.yes
     ):
         return 1
     n = runs.delete_run(store, run_id)
     console.print(f"deleted run {run_id} ({n} objects)")
+    return 0
+
+
+def cmd_runs_repair(args: Any) -> int:
+    from benchkit.training import runs
+
+    store = _store(args)
+    run_id = runs.resolve_run(store, args.run, rows=False)
+    try:
+        runs.load_record(store, run_id)
+    except runs.RecordDamaged:
+        rec = runs.rebuild_record(store, run_id)
+        assert rec.rebuilt is not None
+        console.print(
+            f"run {run_id}: record rebuilt from {', '.join(rec.rebuilt['from']) or 'nothing'}; "
+            f"the damaged one is kept as {rec.rebuilt['damaged']}",
+            highlight=False,
+        )
+        if not rec.rebuilt["config"]:
+            err_console.print(
+                "[yellow]its config could not be recovered (no checkpoint holds it)[/yellow]"
+            )
+        return 0
+    console.print(f"the record of run {run_id} is readable: nothing to repair")
     return 0
 
 
@@ -268,33 +357,39 @@ def _resolve_run_flag(store: Any, ref: str | None) -> str | None:
 
 def cmd_ckpt_list(args: Any) -> int:
     from benchkit.training import checkpoints as ckpt
+    from benchkit.training import runs
 
     store = _store(args)
     found = ckpt.list_checkpoints(store, _resolve_run_flag(store, args.run))
-    if args.json:
-        print_json([{**c.__dict__, "ref": c.ref} for c in found])
+    if args.json:  # epochs count from 1, as in the table and the names (epoch-0001)
+        print_json([{**c.__dict__, "epoch": c.shown_epoch, "ref": c.ref,
+                     "short_ref": c.short_ref} for c in found])  # fmt: skip
         return 0
-    rows = [[i, c.run_id, c.name, "" if c.epoch is None else c.epoch + 1, c.step, human_bytes(c.size),
-             (c.time or "").replace("T", " ").split("+")[0]] for i, c in enumerate(found, 1)]  # fmt: skip
-    print_table("Checkpoints", ["#", "run", "name", "epoch", "step", "size", "saved (UTC)"], rows)
+    rows = [[i, runs.short_id(c.run_id), c.name, c.shown_epoch, c.step, human_bytes(c.size),
+             (c.time or "").replace("T", " ")[:16]] for i, c in enumerate(found, 1)]  # fmt: skip
+    print_table("Checkpoints", ["#", "run", "name", "epoch", "step", "size", "saved (UTC)"], rows,
+                no_wrap=("#", "run", "name", "saved (UTC)"))  # fmt: skip
     return 0
 
 
-def _pick(args: Any, store: Any, verb: str):
+def _pick(args: Any, store: Any, verb: str, rows: bool = True):
+    """The checkpoint named by NAME (and --run); asked for on a terminal when missing. Row
+    numbers only where ``rows`` (never to delete: rows shift as checkpoints come and go)."""
     from benchkit.training import checkpoints as ckpt
 
     run_id = _resolve_run_flag(store, args.run)
     ref = args.name
+    what = "NAME, RUN/NAME or a row number" if rows else "NAME or RUN/NAME"
     if not ref:
         if not sys.stdin.isatty():
             raise CheckpointError(
-                f"which checkpoint to {verb}? give NAME or a row number of `checkpoints list`"
+                f"which checkpoint to {verb}? give {what} (see `benchkit checkpoints list`)"
             )
         cmd_ckpt_list(
             argparse.Namespace(run=args.run, json=False, store=getattr(args, "store", None))
         )
-        ref = console.input(f"row number of the checkpoint to {verb}: ").strip()
-    return ckpt.resolve_checkpoint(store, ref, run_id)
+        ref = console.input(f"checkpoint to {verb} ({what}): ").strip()
+    return ckpt.resolve_checkpoint(store, ref, run_id, rows=rows)
 
 
 def cmd_ckpt_get(args: Any) -> int:
@@ -312,7 +407,7 @@ def cmd_ckpt_delete(args: Any) -> int:
     from benchkit.training import checkpoints as ckpt
 
     store = _store(args)
-    info = _pick(args, store, "delete")
+    info = _pick(args, store, "delete", rows=False)
     if not confirm(f"delete checkpoint {info.ref} from {store.url}?", args.yes):
         return 1
     ckpt.delete_checkpoint(store, info)

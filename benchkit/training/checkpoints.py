@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchkit.errors import CheckpointError, ObjectNotFound
+from benchkit.errors import CheckpointError, ObjectNotFound, TrainError
 from benchkit.fsutil import sha256_file
 from benchkit.store import Store
 from benchkit.training import runs
@@ -35,7 +35,7 @@ from benchkit.training import runs
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-META = "meta.json"
+META = runs.CHECKPOINT_META
 DEFAULT_KEEP = 3
 
 
@@ -61,6 +61,15 @@ class CheckpointInfo:
     @property
     def ref(self) -> str:
         return f"{self.run_id}/{self.name}"
+
+    @property
+    def short_ref(self) -> str:
+        return f"{runs.short_id(self.run_id)}/{self.name}"
+
+    @property
+    def shown_epoch(self) -> int | None:
+        """The epoch as users count it (from 1, as in ``epoch-0001``); None outside epochs."""
+        return None if self.epoch is None else self.epoch + 1
 
 
 def check_name(name: str) -> str:
@@ -158,26 +167,22 @@ def _pack_and_upload(
 
 
 def _record_and_prune(store: Store, run_id: str, info: CheckpointInfo, keep: int) -> None:
-    try:
-        rec = runs.load_record(store, run_id)
-    except Exception:
-        rec = runs.RunRecord(id=run_id, name=run_id)
-    rec.checkpoints = [c for c in rec.checkpoints if c.get("name") != info.name]
-    rec.checkpoints.append(
-        {
-            "name": info.name,
-            "epoch": info.epoch,
-            "step": info.step,
-            "time": info.time,
-            "size": info.size,
-        }
-    )
-    if keep > 0:
-        while len(rec.checkpoints) > keep:
-            old = rec.checkpoints.pop(0)
-            store.delete(runs.checkpoint_key(run_id, old["name"]))
-            log.info("checkpoint %s/%s deleted (keep_checkpoints=%d)", run_id, old["name"], keep)
-    runs.save_record(store, rec)
+    doomed: list[str] = []
+
+    def add(rec: runs.RunRecord) -> None:
+        rec.checkpoints = [c for c in rec.checkpoints if c.get("name") != info.name]
+        rec.checkpoints.append(
+            {"name": info.name, "epoch": info.epoch, "step": info.step, "time": info.time,
+             "size": info.size}
+        )  # fmt: skip
+        while keep > 0 and len(rec.checkpoints) > keep:
+            doomed.append(rec.checkpoints.pop(0)["name"])
+
+    # a run record that cannot be read is rebuilt (with this checkpoint), never blanked
+    runs.update_record(store, run_id, add, create=lambda: runs.rebuild_record(store, run_id))
+    for name in doomed:  # after the record no longer lists them
+        store.delete(runs.checkpoint_key(run_id, name))
+        log.info("checkpoint %s/%s deleted (keep_checkpoints=%d)", run_id, name, keep)
 
 
 # --- finding -----------------------------------------------------------------------------------
@@ -198,7 +203,10 @@ def list_checkpoints(store: Store, run_id: str | None = None) -> list[Checkpoint
     for rid in sorted(by_run):
         try:
             saved = runs.load_record(store, rid).checkpoints
-        except Exception:
+        except runs.RecordDamaged as e:  # list them in name order; the sizes come from the store
+            log.warning("%s", e)
+            saved = []
+        except TrainError:  # checkpoints of a run without a record (uploaded by a script)
             saved = []
         order = {c["name"]: i for i, c in enumerate(saved)}
         meta = {c["name"]: c for c in saved}
@@ -218,20 +226,31 @@ def latest_checkpoint(store: Store, run_id: str) -> CheckpointInfo | None:
     return found[-1] if found else None
 
 
-def resolve_checkpoint(store: Store, ref: str, run_id: str | None = None) -> CheckpointInfo:
-    """A checkpoint from ``run-id/name``, a name (within ``run_id``, else unique in the store),
-    or a row number of ``checkpoints list``."""
+def resolve_checkpoint(
+    store: Store, ref: str, run_id: str | None = None, rows: bool = True
+) -> CheckpointInfo:
+    """A checkpoint from ``RUN/NAME`` (RUN: an id, short id or name), a name (within
+    ``run_id``, else unique in the store), or, with ``rows``, a row number of
+    ``checkpoints list``."""
+    if "/" in ref:
+        run_ref, _, ref = ref.rpartition("/")
+        run_id = runs.resolve_run(store, run_ref, rows=False)
     found = list_checkpoints(store, run_id)
-    if ref.isdigit() and 1 <= int(ref) <= len(found) and not any(c.name == ref for c in found):
-        return found[int(ref) - 1]
-    matches = [c for c in found if c.ref == ref or c.name == ref]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        refs = ", ".join(c.ref for c in matches)
-        raise CheckpointError(
-            f"checkpoint name '{ref}' is in several runs ({refs}); give RUN_ID/NAME"
-        )
+    named = [c for c in found if c.name == ref]
+    if ref.isdigit() and not named:
+        if not rows:
+            raise CheckpointError(
+                f"'{ref}' is not a checkpoint name (row numbers are not accepted here: they "
+                "shift as checkpoints come and go); give NAME or RUN/NAME from "
+                "`benchkit checkpoints list`"
+            )
+        if 1 <= int(ref) <= len(found):
+            return found[int(ref) - 1]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        refs = ", ".join(c.short_ref for c in named)
+        raise CheckpointError(f"checkpoint name '{ref}' is in several runs ({refs}); give RUN/NAME")
     where = f" of run {run_id}" if run_id else ""
     raise CheckpointError(
         f"no checkpoint '{ref}'{where} in store {store.url}; list them with `benchkit checkpoints list`"
@@ -241,12 +260,13 @@ def resolve_checkpoint(store: Store, ref: str, run_id: str | None = None) -> Che
 def delete_checkpoint(store: Store, info: CheckpointInfo) -> None:
     """Delete a stored checkpoint and drop it from its run's record."""
     store.delete(info.key)
-    try:
-        rec = runs.load_record(store, info.run_id)
-    except Exception:
+    if not store.exists(runs.run_key(info.run_id)):
         return
-    rec.checkpoints = [c for c in rec.checkpoints if c.get("name") != info.name]
-    runs.save_record(store, rec)
+
+    def drop(rec: runs.RunRecord) -> None:
+        rec.checkpoints = [c for c in rec.checkpoints if c.get("name") != info.name]
+
+    runs.update_record(store, info.run_id, drop)
 
 
 # --- loading -----------------------------------------------------------------------------------

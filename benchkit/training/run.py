@@ -23,13 +23,24 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchkit.console import console
-from benchkit.errors import CheckpointError, TrainError
+from benchkit.console import console, err_console
+from benchkit.errors import BenchKitError, CheckpointError, TrainError
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
 from benchkit.training import runs
+from benchkit.training.journal import apply_final, save_pending_record
 
 log = logging.getLogger(__name__)
+
+#: With several processes, the ranks check whether one of them was asked to stop every this
+#: many step boundaries (one all-reduce of one number).
+STOP_CHECK_EVERY = 10
+
+
+class StopRun(KeyboardInterrupt):
+    """Raised at a step boundary after a requested stop (SIGTERM): the run is checkpointed and
+    ends as ``interrupted``. A KeyboardInterrupt, so code that handles Ctrl-C handles it."""
+
 
 #: Config keys every run understands, with their defaults.
 IMPLICIT_CONFIG: dict[str, Any] = {"keep_checkpoints": ckpt.DEFAULT_KEEP, "seed": None}
@@ -57,9 +68,15 @@ class TrackedLoader:
     is the wrapped loader's."""
 
     def __init__(
-        self, loader: Any, device: Any = None, name: str | None = None, streaming: bool = True
+        self,
+        loader: Any,
+        device: Any = None,
+        name: str | None = None,
+        streaming: bool = True,
+        run: Run | None = None,
     ) -> None:
         self.loader = loader
+        self.run = run
         self.streaming = streaming
         self.device = device
         self.name = name
@@ -74,13 +91,25 @@ class TrackedLoader:
         if self.device is not None:
             from accelerate.utils import send_to_device
 
-            for batch in self.loader:
-                self.batches += 1
-                yield send_to_device(batch, self.device, non_blocking=True)
+            def place(batch: Any) -> Any:
+                return send_to_device(batch, self.device, non_blocking=True)
         else:
-            for batch in self.loader:
-                self.batches += 1
-                yield batch
+
+            def place(batch: Any) -> Any:
+                return batch
+
+        batches = iter(self.loader)
+        while True:
+            # a step boundary: the previous batch is done and the next one not yet taken, so
+            # a checkpoint here resumes exactly (see Run.request_stop)
+            if self.batches and self.run is not None:
+                self.run.stop_if_requested()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            self.batches += 1
+            yield place(batch)
         self.in_progress = False
 
     def __len__(self) -> int:
@@ -153,6 +182,8 @@ class Run:
         datasets: declared datasets by name (``run.loader`` streams them with their transform).
         project: project name given to the trackers.
         output_dir: local directory for this run's files (default: under the BenchKit data dir).
+        accelerator_kwargs: more keyword arguments for ``Accelerator``.
+        code_version, git: recorded in the run record (``benchkit run`` fills them in).
     """
 
     def __init__(
@@ -170,6 +201,8 @@ class Run:
         project: str | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         accelerator_kwargs: dict[str, Any] | None = None,
+        code_version: int | None = None,
+        git: dict[str, Any] | None = None,
     ) -> None:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import broadcast_object_list, set_seed
@@ -217,7 +250,7 @@ class Run:
 
         self._resume_from: ckpt.CheckpointInfo | None = None
         if self.is_main_process:
-            self._open_record(resume)
+            self._open_record(resume, {"code_version": code_version, "git": git})
         if resume:
             self._resume_from = ckpt.latest_checkpoint(self.store, self.run_id)
         self.accelerator.init_trackers(project or "benchkit", config=dict(self.config))
@@ -229,26 +262,41 @@ class Run:
         self._pending_loader_states: dict[str, Any] | None = None
         self._last_values: dict[str, Any] = {}
         self._values_version = 0
+        self._stop_reason: str | None = None
+        self._boundary_count = 0
+        self._last_checkpoint_step: int | None = None
 
     # --- the record ------------------------------------------------------------------------
 
-    def _open_record(self, resume: bool) -> None:
-        if resume:
-            rec = runs.load_record(self.store, self.run_id)
+    def _open_record(self, resume: bool, provenance: dict[str, Any]) -> None:
+        def fill(rec: runs.RunRecord) -> None:
+            rec.world_size = self.accelerator.num_processes
+            rec.host = socket.gethostname()
+            for key, value in provenance.items():
+                setattr(rec, key, value)
+
+        if not resume:
+            rec = runs.RunRecord(id=self.run_id, name=self.name, config=dict(self.config))
+            fill(rec)
+            runs.save_record(self.store, rec)
+            return
+
+        def reopen(rec: runs.RunRecord) -> None:
             rec.status = runs.RUNNING
             rec.ended = None
             rec.traceback = None
             rec.resumed.append(runs.utc_now())
             rec.config = dict(self.config)
-        else:
-            rec = runs.RunRecord(id=self.run_id, name=self.name, config=dict(self.config))
-        rec.world_size = self.accelerator.num_processes
-        rec.host = socket.gethostname()
-        runs.save_record(self.store, rec)
+            fill(rec)
+
+        runs.update_record(self.store, self.run_id, reopen)
 
     def finish(self, status: str = runs.FINISHED, error: str | None = None) -> None:
         """Flush the trackers and record the final status (``finished``, ``failed``,
-        ``interrupted``); called by ``benchkit run`` and by ``with Run(...)``."""
+        ``interrupted``); called by ``benchkit run`` and by ``with Run(...)``. Metrics the
+        store did not take in time stay in the run's journal and the record says so
+        (``unsent``); a record the store refuses to write is kept with them, and
+        ``benchkit sync`` writes both."""
         if self._finished:
             return
         self._finished = True
@@ -256,12 +304,7 @@ class Run:
             self.accelerator.end_training()
         finally:
             if self.is_main_process:
-                rec = runs.load_record(self.store, self.run_id)
-                rec.status = status
-                rec.ended = runs.utc_now()
-                rec.traceback = error
-                rec.last = {**rec.last, **self.tracker.last}
-                runs.save_record(self.store, rec)
+                self._close_record(status, error)
                 for leftover in (
                     self.output_dir / ".staging",
                     self.output_dir / ".restore",
@@ -269,6 +312,25 @@ class Run:
                 ):
                     with contextlib.suppress(OSError):  # only empty ones: the user's files stay
                         leftover.rmdir()
+
+    def _close_record(self, status: str, error: str | None) -> None:
+        final = {
+            "status": status,
+            "ended": runs.utc_now(),
+            "traceback": error,
+            "last": dict(self.tracker.last),
+            "unsent": self.tracker.unsent,
+        }
+        try:
+            runs.update_record(self.store, self.run_id, lambda rec: apply_final(rec, final))
+        except BenchKitError as e:
+            path = save_pending_record(self.run_id, self.store.url, final)
+            err_console.print(
+                f"[yellow]the final record of run {self.run_id} could not be written ({e}); "
+                f"it is kept in {path}. Write it with:[/yellow]\n  benchkit sync {self.run_id}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def __enter__(self) -> Run:
         return self
@@ -329,7 +391,7 @@ class Run:
     def _track(
         self, loader: Any, device: Any, name: str | None = None, streaming: bool = True
     ) -> TrackedLoader:
-        tracked = TrackedLoader(loader, device=device, name=name, streaming=streaming)
+        tracked = TrackedLoader(loader, device=device, name=name, streaming=streaming, run=self)
         self._loaders.append(tracked)
         return tracked
 
@@ -448,6 +510,8 @@ class Run:
             self._apply_loader_states()
             yield epoch
             self._start_epoch = epoch + 1
+            if epoch + 1 < total:
+                self.stop_if_requested()
         self.epoch = None
 
     def _apply_loader_states(self) -> None:
@@ -465,13 +529,78 @@ class Run:
         """Iterate with a progress bar (rate, ETA and the last logged values) on the main
         process; other processes iterate silently."""
         if not self.is_main_process:
-            yield from iterable
+            yield from self._boundaries(iterable)
             return
         from benchkit.training.progress import progress_bar
 
         if description is None and self.epoch is not None and "epochs" in self.config:
             description = f"epoch {self.epoch + 1}/{self.config['epochs']}"
-        yield from progress_bar(iterable, description or "", total, self)
+        yield from progress_bar(self._boundaries(iterable), description or "", total, self)
+
+    def _boundaries(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """``iterable`` with a stop check between items (tracked loaders check themselves)."""
+        if isinstance(iterable, TrackedLoader):
+            yield from iterable
+            return
+        first = True
+        for item in iterable:
+            if not first:
+                self.stop_if_requested()
+            first = False
+            yield item
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the run to stop at the next step boundary, with a checkpoint.
+
+        ``benchkit run`` calls this on SIGTERM (what schedulers and spot reclaim send). The
+        boundaries are the batches of the run's loaders (``run.loader``, or a DataLoader
+        passed to ``run.prepare``), the items of ``run.progress(...)`` and the end of each
+        epoch of ``run.epochs()``; at the first one the run saves a checkpoint (mid-epoch when
+        in an epoch: it resumes exactly there) and raises :class:`StopRun`, which ends it as
+        ``interrupted``. Loops that use none of these can poll :attr:`should_stop`. With
+        several processes the ranks agree every ``STOP_CHECK_EVERY`` boundaries (one small
+        all-reduce), so they checkpoint together. Safe to call from a signal handler.
+        """
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a stop was requested in this process. A loop that uses none of the run's
+        iterators may poll it (one process), or call :meth:`stop_if_requested` at a point
+        every rank reaches (several processes)."""
+        return self._stop_reason is not None
+
+    def stop_if_requested(self) -> None:
+        """At a step boundary: checkpoint and raise :class:`StopRun` if a stop was requested
+        (in any process). Every rank must call it at the same boundaries."""
+        if not self._stop_due():
+            return
+        reason = self._stop_reason or "stop requested on another process"
+        if self._last_checkpoint_step != self.step:
+            name = self.save_checkpoint()
+            if self.is_main_process:
+                err_console.print(
+                    f"[yellow]{reason}: checkpoint {name} saved; stopping run "
+                    f"{self.run_id}[/yellow] (continue it with `benchkit run --resume "
+                    f"{runs.short_id(self.run_id)}`)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        raise StopRun(reason)
+
+    def _stop_due(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self._stop_reason is not None
+        self._boundary_count += 1
+        if self._boundary_count % STOP_CHECK_EVERY:
+            return False
+        import torch
+
+        flag = torch.tensor([1.0 if self._stop_reason else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         """Log scalar values (numbers or one-element tensors) on the main process; ``step``
@@ -514,7 +643,16 @@ class Run:
                 str(i): ld.state_dict() for i, ld in enumerate(self._loaders) if ld.stateful
             },
         }
-        meta = {"epoch": self.epoch, "step": self.step, "in_epoch": in_epoch}
+        # the run's name, config and seed travel with every checkpoint, so a damaged run
+        # record can be rebuilt and a resume never falls back to default hyperparameters
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "in_epoch": in_epoch,
+            "run_name": self.name,
+            "config": dict(self.config),
+            "seed": self.config.get("seed"),
+        }
         ckpt.save_checkpoint(
             self.accelerator,
             self.store,
@@ -525,9 +663,11 @@ class Run:
             keep=int(self.config.get("keep_checkpoints", ckpt.DEFAULT_KEEP)),
             meta=meta,
         )
+        self._last_checkpoint_step = self.step
         if self.is_main_process:
             self.tracker.message(f"checkpoint {name} saved")
-            # what was logged up to a checkpoint survives a hard kill, like the checkpoint
+            # what was logged up to a checkpoint is on disk (journal) before this returns, and
+            # in the store too unless the store refuses it now (then it is retried and synced)
             self.tracker.flush()
         return name
 

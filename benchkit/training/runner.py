@@ -11,6 +11,9 @@ doing it again. On a machine without GPUs the workers use the CPU and gloo.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -18,13 +21,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchkit.code.package import checkout
+from benchkit.code.package import EMBEDDED_MANIFEST, checkout, list_versions
 from benchkit.console import err_console
 from benchkit.data.declare import datasets_in_module, datasets_in_project
 from benchkit.data.migrate import ensure_migrated, stale_dataset
@@ -34,7 +40,7 @@ from benchkit.settings import get_paths, load_settings
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
 from benchkit.training import runs
-from benchkit.training.run import IMPLICIT_CONFIG, Run
+from benchkit.training.run import IMPLICIT_CONFIG, Run, StopRun
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,10 @@ class RunSpec:
     log_with: list[str] = field(default_factory=list)
     #: a classic script: call its main() (it builds its own accelerator and tracker)
     classic: bool = False
+    #: the stored code version being run (``--version N``, or a checkout of one)
+    code_version: int | None = None
+    #: the project's git commit and whether the work tree had changes
+    git: dict[str, Any] | None = None
 
 
 # --- finding the function ----------------------------------------------------------------------
@@ -207,23 +217,38 @@ class RunRequest:
 
 
 def resolve_resume(store: Store, name: str, ref: str | None) -> runs.RunRecord:
-    """The run to resume: ``ref`` (id, prefix or row), or the latest run called ``name`` that
-    has a checkpoint."""
+    """The run to resume: ``ref`` (id, short id, prefix or row), or the latest run called
+    ``name`` that has a checkpoint. A damaged record is rebuilt first; a run whose config
+    cannot be recovered is refused (it would resume with other hyperparameters)."""
     if ref:
-        rec = runs.load_record(store, runs.resolve_run(store, ref))
+        rec = _resumable(store, runs.resolve_run(store, ref))
         if ckpt.latest_checkpoint(store, rec.id) is None:
             raise TrainError(
                 f"run {rec.id} has no checkpoint in store {store.url}; nothing to resume from"
             )
         return rec
-    for rid in reversed(runs.list_run_ids(store)):
-        rec = runs.load_record(store, rid)
-        if rec.name == name and ckpt.latest_checkpoint(store, rid) is not None:
-            return rec
+    for rec in reversed(runs.list_records(store)):
+        if rec.name == name and ckpt.latest_checkpoint(store, rec.id) is not None:
+            return _resumable(store, rec.id)
     raise TrainError(
         f"no run named {name!r} with a checkpoint in store {store.url}; start one without --resume "
         "(or give --resume RUN_ID)"
     )
+
+
+def _resumable(store: Store, run_id: str) -> runs.RunRecord:
+    try:
+        rec = runs.load_record(store, run_id)
+    except runs.RecordDamaged as e:
+        log.warning("%s", e)
+        rec = runs.rebuild_record(store, run_id)
+    if rec.rebuilt and not rec.rebuilt.get("config"):
+        raise TrainError(
+            f"run {run_id}: its record was rebuilt but no checkpoint holds its config (they were "
+            "saved by an older BenchKit), so resuming would use other hyperparameters. Start a "
+            "new run, or load a checkpoint explicitly with run.load_checkpoint(name, run_id=...)"
+        )
+    return rec
 
 
 def processes_from(value: str | int | None) -> int:
@@ -268,6 +293,8 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         name = req.name or fn.__benchkit_name__
     migrate_missing_datasets(module, store, settings.project_root, strict=req.strict)
     resume = req.resume is not None
+    if resume and req.run_id:
+        raise ConfigError("--run-id starts a new run; to continue one, give --resume RUN_ID")
     if classic:
         config, run_id = {}, given_run_id(store, name, req.run_id)
     elif resume:
@@ -294,6 +321,8 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         project=settings.project,
         log_with=list(req.log_with),
         classic=classic,
+        code_version=req.version if req.version is not None else packaged_version(store, file),
+        git=git_state(Path(file).resolve().parent),
     )
     return spec, module
 
@@ -311,6 +340,40 @@ def given_run_id(store: Store, name: str, given: str | None) -> str:
             f"run {given} already exists in store {store.url}; continue it with --resume {given}"
         )
     return given
+
+
+def packaged_version(store: Store, file: str) -> int | None:
+    """The stored code version ``file`` was checked out from (``versions pull``), found by the
+    embedded manifest next to it; None for code that is not a pulled version."""
+    embedded = Path(file).resolve().parent / EMBEDDED_MANIFEST
+    if not embedded.is_file():
+        return None
+    digest = hashlib.sha256(embedded.read_bytes()).hexdigest()
+    try:
+        versions = list_versions(store)
+    except BenchKitError as e:
+        log.warning("could not list code versions in %s: %s", store.url, e)
+        return None
+    return next((m.version for m in versions if m.content_sha256 == digest), None)
+
+
+def git_state(directory: Path) -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the git work tree holding ``directory``, or None (no git, or
+    not a work tree)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def is_classic_script(module: ModuleType) -> bool:
@@ -366,6 +429,8 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         log_with=spec.log_with or None,
         datasets=datasets_in_module(module),
         project=spec.project,
+        code_version=spec.code_version,
+        git=spec.git,
     )
     if run.is_main_process:
         verb = "resuming" if spec.resume else "run"
@@ -375,12 +440,14 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
             highlight=False,
         )
     try:
-        fn(run)
-    except KeyboardInterrupt:
-        run.finish(runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
+        with stop_on_sigterm(run.request_stop):
+            fn(run)
+    except KeyboardInterrupt as e:
+        why = f"interrupted ({e})" if isinstance(e, StopRun) else "interrupted (KeyboardInterrupt)"
+        run.finish(runs.INTERRUPTED, why)
         if run.is_main_process:
-            err_console.print(f"[yellow]run {run.run_id} interrupted[/yellow]")
-        return 130
+            err_console.print(f"[yellow]run {run.run_id} {why}[/yellow]", highlight=False)
+        return exit_status(e)
     except BaseException as e:
         tb = traceback.format_exc()
         try:
@@ -396,10 +463,59 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         return 1
     run.finish(runs.FINISHED)
     if run.is_main_process:
+        # soft_wrap: a command is printed whole, never split across lines by the console width
         err_console.print(
-            f"[green]run {run.run_id} finished[/green] — `benchkit runs show {run.run_id}`"
+            f"[green]run {run.run_id} finished[/green]; see it with: benchkit runs show "
+            f"{runs.short_id(run.run_id)}",
+            highlight=False,
+            soft_wrap=True,
         )
     return 0
+
+
+#: Seconds between a SIGTERM and giving up on a step boundary (then: stop without checkpoint).
+STOP_GRACE = 60.0
+#: A SIGTERM this soon after the first is the same request delivered twice.
+DUPLICATE_WINDOW = 2.0
+
+
+def exit_status(e: BaseException) -> int:
+    """130 for Ctrl-C, 143 (128 + SIGTERM) for a run stopped by SIGTERM."""
+    return 128 + signal.SIGTERM if isinstance(e, StopRun) and "SIGTERM" in str(e) else 130
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(request_stop: Callable[[str], None]) -> Iterator[None]:
+    """While inside: the first SIGTERM asks for a stop at the next step boundary (checkpoint
+    first, see ``Run.request_stop``); a second one, or ``BENCHKIT_STOP_GRACE`` seconds (60)
+    without a boundary, stops at once. Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    grace = float(os.environ.get("BENCHKIT_STOP_GRACE") or STOP_GRACE)
+    timers: list[threading.Timer] = []
+
+    first: list[float] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if first:
+            # torchrun forwards the SIGTERM its process group also got: not a second request
+            if time.monotonic() - first[0] > DUPLICATE_WINDOW:
+                raise StopRun("SIGTERM, twice")
+            return
+        first.append(time.monotonic())
+        request_stop("SIGTERM")
+        timers.append(threading.Timer(grace, _thread.interrupt_main))
+        timers[0].daemon = True
+        timers[0].start()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for t in timers:
+            t.cancel()
 
 
 def run_classic(spec: RunSpec, module: ModuleType) -> int:
@@ -415,10 +531,12 @@ def run_classic(spec: RunSpec, module: ModuleType) -> int:
     os.environ.update(env)
     argv, sys.argv = sys.argv, [spec.file]
     try:
-        module.main()
-    except KeyboardInterrupt:
-        _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)", create=True)
-        return 130
+        with stop_on_sigterm(_stop_now):  # a classic script has no step boundaries to use
+            module.main()
+    except KeyboardInterrupt as e:
+        why = f"interrupted ({e})" if isinstance(e, StopRun) else "interrupted (KeyboardInterrupt)"
+        _mark_if_running(spec, runs.INTERRUPTED, why, create=True)
+        return exit_status(e)
     except BaseException as e:
         if isinstance(e, SystemExit) and e.code in (0, None):
             return 0
@@ -439,6 +557,10 @@ def run_classic(spec: RunSpec, module: ModuleType) -> int:
     return 0
 
 
+def _stop_now(reason: str) -> None:
+    raise StopRun(reason)
+
+
 def torchrun_command(n: int) -> list[str]:
     """The command that starts ``n`` workers of ``benchkit run`` on this machine."""
     return [
@@ -456,6 +578,14 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
     cmd = torchrun_command(n)
     log.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
+    terminated: list[bool] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        # torchrun passes it on to the workers, which checkpoint and stop (Run.request_stop)
+        terminated.append(True)
+        proc.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -468,6 +598,12 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
         _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
         err_console.print(f"[yellow]run {spec.run_id} interrupted[/yellow]")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        _mark_if_running(spec, runs.INTERRUPTED, "interrupted (SIGTERM)")
+        err_console.print(f"[yellow]run {spec.run_id} interrupted (SIGTERM)[/yellow]")
+        return 128 + signal.SIGTERM
     if code != 0:
         status = _mark_if_running(spec, runs.FAILED, f"torchrun exited with status {code}")
         if status == runs.INTERRUPTED:  # the workers got the Ctrl-C and recorded it
@@ -477,17 +613,24 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
 
 
 def _mark_if_running(spec: RunSpec, status: str, why: str, create: bool = False) -> str | None:
-    """A worker killed hard cannot record its end: do it for it. Returns the final status."""
+    """A worker killed hard cannot record its end: do it for it. Returns the final status
+    (None when the store could not be reached: the run then shows as lost once its
+    heartbeat is old)."""
+
+    def mark(rec: runs.RunRecord) -> None:
+        if rec.status == runs.RUNNING:
+            rec.status = status
+            rec.ended = runs.utc_now()
+            rec.traceback = rec.traceback or why
+
+    def new() -> runs.RunRecord:
+        return runs.RunRecord(id=spec.run_id, name=spec.name)
+
     try:
-        store = open_store(spec.store)
-        if create and not store.exists(runs.run_key(spec.run_id)):
-            runs.save_record(store, runs.RunRecord(id=spec.run_id, name=spec.name))
-        rec = runs.load_record(store, spec.run_id)
-    except Exception:
+        rec = runs.update_record(
+            open_store(spec.store), spec.run_id, mark, create=new if create else None
+        )
+    except BenchKitError as e:
+        log.warning("could not record the end of run %s: %s", spec.run_id, e)
         return None
-    if rec.status == runs.RUNNING:
-        rec.status = status
-        rec.ended = runs.utc_now()
-        rec.traceback = rec.traceback or why
-        runs.save_record(store, rec)
     return rec.status

@@ -1,26 +1,42 @@
-"""Run records in the store: ``runs/<run-id>/run.json`` and ``runs/<run-id>/metrics/*.jsonl``.
+"""Run records in the store: ``runs/<run-id>/run.json``, ``runs/<run-id>/heartbeat.json`` and
+``runs/<run-id>/metrics/*.jsonl``.
 
-``run.json`` holds the run's name, status, config, times, traceback and its checkpoints; it is
-rewritten (atomically) when the status changes. Metrics are append-only: each flush of the
-tracker writes a new part object (``metrics/000001.jsonl``, ``000002.jsonl``, ...), never
-rewriting an old one, so a crash loses at most the last unflushed buffer.
+``run.json`` holds the run's name, status, config, times, traceback, code version and its
+checkpoints; it is rewritten (atomically) through :func:`update_record`, which retries
+transient store errors and never replaces a record it could not read with a blank one: a
+damaged record is kept aside (``run.damaged-<time>.json``) and rebuilt from what the store
+still holds (the checkpoints, each of which carries the run's name, config and seed).
 
-Run ids sort by start time: ``20261124-153000-<name>-<4 hex>``.
+Metric parts are append-only: the tracker writes ``metrics/<writer>-<first>-<last>.jsonl``
+per batch of journaled records (older versions wrote ``metrics/000001.jsonl``, ...; both are
+read). A running run's main process rewrites ``heartbeat.json`` every ``interval`` seconds;
+a ``running`` record whose heartbeat is older than :func:`heartbeat_timeout` is shown as
+``lost`` (killed with SIGKILL, or its machine went away).
+
+Run ids sort by start time: ``20261124-153000-<name>-<8 hex>``; the hex part is the run's
+short id (:func:`short_id`), accepted wherever a run is named.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import secrets
+import socket
+import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from benchkit.errors import TrainError
+from benchkit.errors import InvalidKey, ObjectNotFound, StoreError, TrainError
 from benchkit.store import Store
+
+log = logging.getLogger(__name__)
 
 RUNS = "runs/"
 CHECKPOINTS = "checkpoints/"
@@ -29,7 +45,15 @@ RUNNING = "running"
 FINISHED = "finished"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
-STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED)
+#: shown, never written: a running record whose heartbeat stopped
+LOST = "lost"
+STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED, LOST)
+
+HEARTBEAT = "heartbeat.json"
+#: seconds between heartbeats of a running run (BENCHKIT_HEARTBEAT_INTERVAL)
+HEARTBEAT_INTERVAL = 30.0
+#: a checkpoint's first member: its meta (name, epoch, step, the run's config and seed)
+CHECKPOINT_META = "meta.json"
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -40,10 +64,25 @@ def slug(name: str) -> str:
     return s[:60]
 
 
+_ID = re.compile(r"^\d{8}-\d{6}-.+-(?P<short>[0-9a-f]{4,})$")
+
+
 def new_run_id(name: str, now: float | None = None) -> str:
-    """A sortable, unique run id: ``YYYYMMDD-HHMMSS-<name>-<4 hex>`` (UTC)."""
+    """A sortable, unique run id: ``YYYYMMDD-HHMMSS-<name>-<8 hex>`` (UTC)."""
     t = datetime.fromtimestamp(now if now is not None else time.time(), tz=timezone.utc)
-    return f"{t:%Y%m%d-%H%M%S}-{slug(name)}-{secrets.token_hex(2)}"
+    return f"{t:%Y%m%d-%H%M%S}-{slug(name)}-{secrets.token_hex(4)}"
+
+
+def short_id(run_id: str) -> str:
+    """The short form of a run id, like git's: its random hex part (the first 12 characters of
+    an id given with ``--run-id`` that has none)."""
+    m = _ID.match(run_id)
+    return m["short"] if m else run_id[:12]
+
+
+def new_writer_id() -> str:
+    """A journal writer id: one per tracker process, sortable by start time."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(2)}"
 
 
 def run_key(run_id: str, rest: str = "run.json") -> str:
@@ -77,6 +116,14 @@ class RunRecord:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     #: the latest value of each metric, written when the run ends (read the metrics while running)
     last: dict[str, Any] = field(default_factory=dict)
+    #: metric records that could not be written by the end: {"records", "journal", "command", ...}
+    unsent: dict[str, Any] | None = None
+    #: the stored code version the run ran (``run --version N`` or a checked-out version)
+    code_version: int | None = None
+    #: the project's git commit: {"commit", "dirty"} (None outside a git work tree)
+    git: dict[str, Any] | None = None
+    #: set when the record was rebuilt from the store: {"time", "damaged", "from"}
+    rebuilt: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,22 +146,160 @@ class RunRecord:
         return (end - start).total_seconds()
 
 
+class RecordDamaged(TrainError):
+    """``run.json`` exists but cannot be parsed (truncated, or not a record)."""
+
+
+#: attempts and first wait for reading a record through transient store errors (~3 s in all)
+READ_ATTEMPTS = 5
+READ_BACKOFF = 0.2
+
+
 def save_record(store: Store, rec: RunRecord) -> None:
     """Write ``run.json`` (atomically replaces the previous one)."""
     store.put_json(run_key(rec.id), rec.to_json())
 
 
-def load_record(store: Store, run_id: str) -> RunRecord:
-    """Read one run's record; a clear error when there is none."""
+def _read_record(store: Store, run_id: str) -> RunRecord:
+    """One attempt: the record, ObjectNotFound, RecordDamaged, or the store's error."""
     key = run_key(run_id)
-    if not store.exists(key):
+    raw = store.get(key)
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or "id" not in data:
+            raise ValueError("not a run record")
+        data.setdefault("name", run_id)
+        return RunRecord.from_json(data)
+    except (ValueError, TypeError) as e:
+        raise RecordDamaged(
+            f"run record '{key}' in store {store.url} is damaged ({e}); `benchkit runs repair "
+            f"{short_id(run_id)}` rebuilds it from the run's checkpoints"
+        ) from e
+
+
+def _retrying(fn: Callable[[], Any], what: str) -> Any:
+    """``fn()``, retried with backoff on store errors that may pass (not a missing object)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return fn()
+        except (ObjectNotFound, InvalidKey, RecordDamaged):
+            raise
+        except StoreError as e:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            log.warning("%s failed (%s); retrying", what, e)
+            time.sleep(READ_BACKOFF * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def load_record(store: Store, run_id: str) -> RunRecord:
+    """Read one run's record, retrying transient store errors. Raises TrainError when there is
+    none and :class:`RecordDamaged` when it cannot be parsed."""
+    try:
+        return _retrying(lambda: _read_record(store, run_id), f"reading run {run_id}")
+    except ObjectNotFound:
         raise TrainError(
             f"no run '{run_id}' in store {store.url}; list runs with `benchkit runs list`"
-        )
+        ) from None
+
+
+def update_record(
+    store: Store,
+    run_id: str,
+    change: Callable[[RunRecord], None],
+    create: Callable[[], RunRecord] | None = None,
+) -> RunRecord:
+    """Read ``run.json``, apply ``change`` and write it back; returns the record written.
+
+    Transient read errors are retried. A missing record is made by ``create`` (else
+    TrainError). A damaged one is never replaced by a blank record: it is kept aside and the
+    record is rebuilt from the store first (:func:`rebuild_record`).
+    """
     try:
-        return RunRecord.from_json(store.get_json(key))
-    except (ValueError, TypeError) as e:
-        raise TrainError(f"run record '{key}' in store {store.url} is unreadable: {e}") from e
+        rec = _retrying(lambda: _read_record(store, run_id), f"reading run {run_id}")
+    except ObjectNotFound:
+        if create is None:
+            raise TrainError(
+                f"no run '{run_id}' in store {store.url}; list runs with `benchkit runs list`"
+            ) from None
+        rec = create()
+    except RecordDamaged as e:
+        log.warning("%s", e)
+        rec = rebuild_record(store, run_id)
+    change(rec)
+    save_record(store, rec)
+    return rec
+
+
+def keep_damaged(store: Store, run_id: str) -> str | None:
+    """Copy an unreadable ``run.json`` to ``run.damaged-<time>.json``; returns its key."""
+    try:
+        raw = store.get(run_key(run_id))
+    except ObjectNotFound:
+        return None
+    key = run_key(run_id, f"run.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.json")
+    store.put(key, raw)
+    return key
+
+
+def checkpoint_meta(store: Store, run_id: str, name: str) -> dict[str, Any] | None:
+    """A stored checkpoint's meta, read from the head of its tar (its first member), or None
+    when it cannot be read."""
+    key = checkpoint_key(run_id, name)
+    try:
+        head = store.get_range(key, 0, 4 * 1024 * 1024)
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r:") as tar:
+            member = tar.next()
+            if member is None or member.name != CHECKPOINT_META:
+                return None
+            f = tar.extractfile(member)
+            return json.loads(f.read()) if f is not None else None
+    except (StoreError, tarfile.TarError, OSError, ValueError) as e:
+        log.warning("checkpoint %s in store %s: meta unreadable (%s)", key, store.url, e)
+        return None
+
+
+def rebuild_record(store: Store, run_id: str, damaged: str | None = None) -> RunRecord:
+    """A run's record rebuilt from the store: the checkpoints under ``checkpoints/<run>/``
+    (names, epochs, steps, sizes, times) and, from the newest one that has them, the run's
+    name, config, seed and world size. Keeps the damaged ``run.json`` aside first and writes
+    the rebuilt record."""
+    damaged = damaged or keep_damaged(store, run_id)
+    metas = []
+    for key in store.list(f"{CHECKPOINTS}{run_id}/"):
+        name = key.rsplit("/", 1)[1]
+        meta = checkpoint_meta(store, run_id, name) or {"name": name}
+        meta["size"] = store.stat(key).size
+        metas.append(meta)
+    metas.sort(key=lambda m: (m.get("time") or "", m["name"]))
+    m = _ID.match(run_id)
+    name = run_id[16 : -len(m["short"]) - 1] if m else run_id
+    rec = RunRecord(id=run_id, name=name, host=socket.gethostname())
+    rec.checkpoints = [
+        {k: meta.get(k) for k in ("name", "epoch", "step", "time", "size")} for meta in metas
+    ]
+    sources = ["checkpoints"] if metas else []
+    with_config = [meta for meta in metas if isinstance(meta.get("config"), dict)]
+    if with_config:
+        newest = with_config[-1]
+        rec.config = dict(newest["config"])
+        rec.name = str(newest.get("run_name") or rec.name)
+        rec.world_size = int(newest.get("world_size") or 1)
+        sources.append(f"config of checkpoint {newest['name']}")
+    if metas and metas[0].get("time"):
+        rec.started = str(metas[0]["time"])
+    rec.rebuilt = {
+        "time": utc_now(),
+        "damaged": damaged,
+        "from": sources,
+        "config": bool(with_config),
+    }
+    save_record(store, rec)
+    log.warning(
+        "run %s: record rebuilt from %s (damaged copy: %s)",
+        run_id, ", ".join(sources) or "nothing", damaged,
+    )  # fmt: skip
+    return rec
 
 
 def list_run_ids(store: Store) -> list[str]:
@@ -125,52 +310,159 @@ def list_run_ids(store: Store) -> list[str]:
     return [d for d in store.list_dirs(RUNS) if store.exists(run_key(d))]
 
 
-def list_records(store: Store) -> list[RunRecord]:
+def read_records(store: Store) -> tuple[list[RunRecord], list[str]]:
+    """Every readable run record, oldest first, and a warning for each one that could not be
+    read (it is skipped, not fatal)."""
     catalog = store.catalog()
-    if catalog is not None:
-        return [RunRecord.from_json(r) for r in catalog.runs()]
-    return [load_record(store, rid) for rid in list_run_ids(store)]
+    if catalog is not None:  # a Bench server lists its runs from its database
+        return [RunRecord.from_json(r) for r in catalog.runs()], []
+    records, warnings = [], []
+    for rid in list_run_ids(store):
+        try:
+            records.append(load_record(store, rid))
+        except TrainError as e:
+            warnings.append(f"skipped run {rid}: {e}")
+    return records, warnings
 
 
-def resolve_run(store: Store, ref: str) -> str:
-    """A run id from an id, a unique id prefix, a row number of ``runs list``, or a run name
-    (its latest run)."""
+def list_records(store: Store) -> list[RunRecord]:
+    """Every readable run record, oldest first; unreadable ones are skipped with a logged
+    warning."""
+    records, warnings = read_records(store)
+    for w in warnings:
+        log.warning("%s", w)
+    return records
+
+
+def resolve_run(store: Store, ref: str, rows: bool = True) -> str:
+    """A run id from an id, its short id (or a unique prefix of either), a row number of
+    ``runs list`` (only with ``rows``), or a run name (its latest run)."""
     ids = list_run_ids(store)
     if ref in ids:
         return ref
-    if ref.isdigit() and 1 <= int(ref) <= len(ids):
+    if ref.isdigit() and not rows and not any(short_id(i).startswith(ref) for i in ids):
+        raise TrainError(
+            f"'{ref}' looks like a row number; name the run by its id, short id or name "
+            "(see `benchkit runs list`)"
+        )
+    if ref.isdigit() and rows and 1 <= int(ref) <= len(ids):
         return ids[int(ref) - 1]
-    prefixed = [i for i in ids if i.startswith(ref)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    named = [r.id for r in (load_record(store, i) for i in ids) if r.name == ref]
+    matches = [i for i in ids if i.startswith(ref) or short_id(i).startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    named = []
+    for i in ids:
+        try:
+            if load_record(store, i).name == ref:
+                named.append(i)
+        except TrainError:
+            continue
     if named:
         return named[-1]
-    if len(prefixed) > 1:
-        raise TrainError(f"'{ref}' matches several runs: {', '.join(prefixed)}; give the full id")
+    if len(matches) > 1:
+        raise TrainError(f"'{ref}' matches several runs: {', '.join(matches)}; give more of the id")
     raise TrainError(f"no run '{ref}' in store {store.url}; list runs with `benchkit runs list`")
+
+
+# --- heartbeats ------------------------------------------------------------------------------
+
+
+def write_heartbeat(store: Store, run_id: str, interval: float) -> None:
+    """Say that the run is alive now (its main process calls this every ``interval`` s)."""
+    store.put_json(
+        run_key(run_id, HEARTBEAT),
+        {"time": utc_now(), "unix": time.time(), "interval": interval,
+         "host": socket.gethostname(), "pid": os.getpid()},
+    )  # fmt: skip
+
+
+def heartbeat_timeout(interval: float) -> float:
+    """Seconds without a heartbeat after which a running run counts as lost: four intervals
+    (``BENCHKIT_HEARTBEAT_TIMEOUT`` overrides)."""
+    raw = os.environ.get("BENCHKIT_HEARTBEAT_TIMEOUT", "").strip()
+    try:
+        return float(raw) if raw else 4 * interval
+    except ValueError:
+        raise TrainError(
+            f"BENCHKIT_HEARTBEAT_TIMEOUT must be a number of seconds, got {raw!r}"
+        ) from None
+
+
+def last_sign_of_life(store: Store, rec: RunRecord) -> tuple[float | None, float]:
+    """``(unix time of the last heartbeat or start, heartbeat interval)``."""
+    try:
+        beat = store.get_json(run_key(rec.id, HEARTBEAT))
+        return float(beat["unix"]), float(beat.get("interval") or HEARTBEAT_INTERVAL)
+    except (ObjectNotFound, ValueError, KeyError, TypeError):
+        pass
+    # no heartbeat: a run of an older version, or one killed before its first beat
+    when = rec.resumed[-1] if rec.resumed else rec.started
+    try:
+        return datetime.fromisoformat(when).timestamp(), HEARTBEAT_INTERVAL
+    except (TypeError, ValueError):
+        return None, HEARTBEAT_INTERVAL
+
+
+def shown_status(store: Store, rec: RunRecord, now: float | None = None) -> str:
+    """The status to show: the recorded one, or ``lost`` for a running run whose heartbeat
+    stopped longer ago than :func:`heartbeat_timeout`."""
+    if rec.status != RUNNING:
+        return rec.status
+    last, interval = last_sign_of_life(store, rec)
+    now = time.time() if now is None else now
+    if last is not None and now - last > heartbeat_timeout(interval):
+        return LOST
+    return RUNNING
 
 
 # --- metrics ---------------------------------------------------------------------------------
 
+_PART = re.compile(r"^(?P<writer>.+)-(?P<first>\d{12})-(?P<last>\d{12})\.jsonl$")
+_LEGACY_PART = re.compile(r"^\d+\.jsonl$")
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def metric_part_key(run_id: str, writer: str, first: int, last: int) -> str:
+    """The part object holding records ``first..last`` of ``writer``: a retried write of the
+    same batch lands on the same key."""
+    return run_key(run_id, f"metrics/{writer}-{first:012d}-{last:012d}.jsonl")
+
 
 def metric_parts(store: Store, run_id: str) -> list[str]:
-    """The metric part keys of a run, in write order."""
-    return [k for k in store.list(run_key(run_id, "metrics/")) if k.endswith(".jsonl")]
-
-
-def next_part_number(store: Store, run_id: str) -> int:
-    nums = [int(os.path.basename(k).split(".")[0]) for k in metric_parts(store, run_id)]
-    return max(nums, default=0) + 1
+    """The metric part keys of a run: the numbered parts of older BenchKit versions first,
+    then per writer (writer ids start with their UTC start time) in seq order."""
+    legacy, parts = [], []
+    for key in store.list(run_key(run_id, "metrics/")):
+        name = key.rsplit("/", 1)[1]
+        if _LEGACY_PART.match(name):
+            legacy.append((int(name.split(".")[0]), key))
+        elif m := _PART.match(name):
+            parts.append((m["writer"], int(m["first"]), key))
+    return [k for _, k in sorted(legacy)] + [k for *_, k in sorted(parts)]
 
 
 def read_events(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """Every logged event of a run (``{"step", "time", "values"}`` or ``{"time", "message"}``)."""
+    """Every logged event of a run (``{"step", "time", "values"}`` or ``{"time", "message"}``),
+    each once and in the order it was logged: a record written twice (a retried or re-synced
+    batch) is kept once, by ``(writer, seq)``."""
     events: list[dict[str, Any]] = []
+    by_writer: dict[str, dict[int, dict[str, Any]]] = {}
     for key in metric_parts(store, run_id):
-        for line in store.get(key).decode().splitlines():
-            if line.strip():
-                events.append(json.loads(line))
+        m = _PART.match(key.rsplit("/", 1)[1])
+        lines = [json.loads(line) for line in store.get(key).decode().splitlines() if line.strip()]
+        if m is None:  # an older version's part: NaN and infinities were written as strings
+            for ev in lines:
+                values = ev.get("values") or {}
+                for k, v in values.items():
+                    if isinstance(v, str) and v in _NON_FINITE:
+                        values[k] = _NON_FINITE[v]
+            events.extend(lines)
+        else:
+            records = by_writer.setdefault(m["writer"], {})
+            for ev in lines:
+                records.setdefault(int(ev.get("seq", 0)), ev)
+    for writer in sorted(by_writer):
+        events.extend(ev for _, ev in sorted(by_writer[writer].items()))
     return events
 
 

@@ -104,14 +104,39 @@ def test_checkpoints_get_by_name_ref_and_row(cli, two_runs, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_checkpoints_delete_by_ref_and_row(cli, two_runs, store):
+def test_checkpoints_delete_by_names_not_rows(cli, two_runs, store):
     a, b = two_runs
-    code, _, _ = cli("checkpoints", "delete", f"{a}/epoch-0001", "--yes")
+    code, _, err = cli("del-check", "2", "--yes")  # rows shift: deleting by row is refused
+    assert code == 1 and "'2' is not a checkpoint name" in err and "RUN/NAME" in err
+    code, _, _ = cli("checkpoints", "delete", f"{a}/epoch-0001", "--yes")  # full id
     assert code == 0
-    code, _, _ = cli("del-check", "2", "--yes")  # now row 2 is beta's epoch-0001
+    code, _, _ = cli("del-check", f"{runs.short_id(b)}/epoch-0001", "--yes")  # short id
     assert code == 0
     s = open_store(store)
     assert s.list("checkpoints/") == [f"checkpoints/{a}/epoch-0002"]
     assert [c["name"] for c in runs.load_record(s, a).checkpoints] == ["epoch-0002"]
     code, _, err = cli("del-check")  # no name and no terminal to ask on
     assert code == 1 and "which checkpoint" in err
+    code, _, err = cli("runs", "delete", "1", "--yes")
+    assert code == 1 and "looks like a row number" in err
+
+
+def test_checkpoint_epochs_agree_between_table_and_json(cli, two_runs):
+    a, _ = two_runs
+    code, out, _ = cli("checkpoints", "list", "--run", a, "--json")
+    rows = json.loads(out)
+    assert [(r["name"], r["epoch"]) for r in rows] == [("epoch-0001", 1), ("epoch-0002", 2)]
+    code, out, _ = cli("checkpoints", "list", "--run", a)
+    table = [line for line in out.splitlines() if "epoch-000" in line]
+    assert [line.split("│")[4].strip() for line in table] == ["1", "2"]
+
+
+def test_runs_table_fits_80_columns_with_whole_short_ids(cli, two_runs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = cli("runs", "list")
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for rid in two_runs:
+        assert runs.short_id(rid) in out and len(runs.short_id(rid)) == 8
+    code, out, _ = cli("runs", "show", runs.short_id(two_runs[0]), "--json")
+    assert json.loads(out)["id"] == two_runs[0]

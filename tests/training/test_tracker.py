@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -63,11 +64,27 @@ def test_a_second_tracker_on_the_same_run_appends_parts(tmp_path):
     second.start()
     second.log({"x": 2}, step=0)  # a resumed run repeats a step: the later value wins
     second.finish()
-    assert [p.rsplit("/", 1)[1] for p in runs.metric_parts(store, first.run_id)] == [
-        "000001.jsonl",
-        "000002.jsonl",
-    ]
+    parts = [p.rsplit("/", 1)[1] for p in runs.metric_parts(store, first.run_id)]
+    # one part per writer, keyed by its seq range; the first writer's part is not rewritten
+    assert parts == [f"{first.journal.writer}-000000000001-000000000001.jsonl",
+                     f"{second.journal.writer}-000000000001-000000000001.jsonl"]  # fmt: skip
     assert runs.metric_series(runs.read_events(store, first.run_id))["x"] == [(0, 2)]
+
+
+def test_metric_parts_of_older_versions_are_still_read(tmp_path):
+    store = open_store(tmp_path / "store")
+    rid = "20261124-153000-old-ab12"
+    runs.save_record(store, runs.RunRecord(id=rid, name="old", status=runs.FINISHED))
+    store.put(runs.run_key(rid, "metrics/000001.jsonl"),
+              b'{"step": 0, "time": 1.0, "values": {"loss": "NaN", "acc": 0.5}}\n'
+              b'{"time": 1.5, "message": "hello"}\n')  # fmt: skip
+    store.put(runs.run_key(rid, "metrics/000002.jsonl"),
+              b'{"step": 1, "time": 2.0, "values": {"loss": "-Infinity", "acc": 0.75}}\n')  # fmt: skip
+    events = runs.read_events(store, rid)
+    assert [e.get("message") for e in events] == [None, "hello", None]
+    series = runs.metric_series(events)
+    assert math.isnan(series["loss"][0][1]) and series["loss"][1] == (1, float("-inf"))
+    assert series["acc"] == [(0, 0.5), (1, 0.75)]
 
 
 def test_non_scalar_tensor_is_refused_with_its_key(tmp_path):
