@@ -147,7 +147,7 @@ def test_rollups_give_exactly_the_buckets_of_the_raw_points():
         pts.append(Point(i, v if kind == FINITE else None, kind, order=float(i)))
     pts += [Point(s, 9.0, order=1e9 + s) for s in range(20_000, 20_050)]
     tiers = {TIERS[0]: blocks(pts, TIERS[0])}
-    for fine, coarse in zip(TIERS, TIERS[1:]):
+    for fine, coarse in zip(TIERS, TIERS[1:], strict=False):
         tiers[coarse] = coarser(tiers[fine], coarse // fine)
     seen = set()
     for x0, x1, n in [(0, 39_999, 100), (0, 39_999, 5), (19_000, 22_000, 50), (5, 9_000, 40)]:
