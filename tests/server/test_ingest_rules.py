@@ -10,13 +10,12 @@ from benchkit.server.services.downsample import FINITE, NAN, NEG_INF, POS_INF
 from benchkit.server.services.ingest import (
     BatchError,
     SeqGap,
+    Summary,
     accept,
     check_key,
     check_writer,
-    parse_records,
+    parse_batch,
     parse_value,
-    rows,
-    summarize,
     value_json,
 )
 
@@ -70,22 +69,22 @@ def test_values_parse_with_explicit_non_finite_tags():
             parse_value("a", bad)
 
 
-def test_records_parse_and_flatten_into_one_row_per_value():
-    recs = parse_records(
+def test_records_parse_into_points_per_metric_and_messages():
+    batch = parse_batch(
         [
             {"t": 10.0, "step": 0, "values": {"loss": 1.0, "acc": 0.5}},
             {"t": 11.0, "message": "checkpoint saved"},
             {"t": 12.0, "step": 1, "values": {"loss": "NaN"}},
+            {"t": 13.0, "values": {"acc": 1}},  # no step: its seq
         ],
         first_seq=40,
     )
-    got = [(r.key, r.seq, r.step, r.value, r.kind) for r in rows(recs, 40)]
-    assert got == [
-        ("loss", 40, 0, 1.0, FINITE),
-        ("acc", 40, 0, 0.5, FINITE),
-        ("loss", 42, 1, None, NAN),
-    ]
-    assert recs[1].message == "checkpoint saved" and recs[1].step == 41  # no step: its seq
+    assert batch.series == {
+        "loss": [(0, 1.0, FINITE, 10.0, 40), (1, None, NAN, 12.0, 42)],
+        "acc": [(0, 0.5, FINITE, 10.0, 40), (43, 1.0, FINITE, 13.0, 43)],
+    }
+    assert batch.messages == [(41, 11.0, "checkpoint saved")]
+    assert batch.points == 4
 
 
 @pytest.mark.parametrize(
@@ -101,11 +100,13 @@ def test_records_parse_and_flatten_into_one_row_per_value():
         ({"t": 1.0, "values": {"": 1}}, "not allowed"),
         ({"t": 1.0, "values": {"a\nb": 1}}, "not allowed"),
         ({"t": 1.0, "values": {"x" * 251: 1}}, "not allowed"),
+        ({"t": 1.0, "step": True, "values": {}}, "integer >= 0"),
+        ("not a record", "must be an object"),
     ],
 )
 def test_malformed_records_are_refused_with_the_reason(rec, match):
     with pytest.raises(BatchError, match=match):
-        parse_records([rec], first_seq=0)
+        parse_batch([rec], first_seq=0)
 
 
 def test_metric_names_may_hold_what_people_log_but_no_control_characters():
@@ -120,7 +121,7 @@ def test_metric_names_may_hold_what_people_log_but_no_control_characters():
 
 
 def test_summary_keeps_last_by_time_and_finite_min_max():
-    recs = parse_records(
+    batch = parse_batch(
         [
             {"t": 1.0, "step": 0, "values": {"loss": 3.0}},
             {"t": 2.0, "step": 1, "values": {"loss": "-Infinity"}},
@@ -129,6 +130,13 @@ def test_summary_keeps_last_by_time_and_finite_min_max():
         ],
         first_seq=0,
     )
-    s = summarize(rows(recs, 0))["loss"]
-    assert (s.min, s.max, s.count) == (0.5, 3.0, 4)
-    assert (s.last, s.last_step) == (2.0, 1)
+    s = Summary.of(batch.series["loss"])
+    assert (s.min, s.max, s.count, s.nonfinite) == (0.5, 3.0, 4, 1)
+    assert (s.last, s.last_step, s.first_step, s.max_step) == (2.0, 1, 0, 2)
+
+
+def test_a_batch_has_bounded_size():
+    with pytest.raises(BatchError, match="at most"):
+        parse_batch([{"t": 1.0, "values": {}}] * 10_001, first_seq=0)
+    with pytest.raises(BatchError, match="at most 100000 points"):
+        parse_batch([{"t": 1.0, "values": {f"k{i}": 1.0 for i in range(1000)}}] * 101, 0)

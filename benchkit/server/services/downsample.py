@@ -26,8 +26,9 @@ resumed run logs some steps again) the latest written (greatest ``order``, the j
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: ``kind`` of a stored value: finite, NaN, +Inf, -Inf (JSON and SQLite have no NaN)
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
@@ -100,8 +101,7 @@ def plan(x0: int, x1: int, n: int) -> tuple[int, Grid]:
     return tier, Grid(gx0, gx1, _ceil_div(gx1 - gx0 + 1, width), width)
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):
     """One point of a series: its step, stored value and kind, and ``order`` (the journal
     time), which breaks ties between points of one step: the later write wins."""
 
@@ -123,11 +123,6 @@ class Bucket:
     count: int
     nonfinite: int
     order: float = 0.0
-
-    @classmethod
-    def of(cls, p: Point) -> Bucket:
-        v = p.value if p.kind == FINITE else None
-        return cls(p.x, p.value, p.kind, v, v, 1, int(p.kind != FINITE), p.order)
 
     def add(self, other: Bucket) -> None:
         """Fold ``other`` (a point's bucket or a block of the same range) into this one."""
@@ -157,17 +152,41 @@ def _fold(parts: Iterable[tuple[int, Bucket]]) -> dict[int, Bucket]:
     return out
 
 
+def _fold_points(points: Iterable[Point], bucket_of: Callable[[int], int]) -> dict[int, Bucket]:
+    # the ingest hot path (every point goes through it once per batch): no object per point
+    out: dict[int, Bucket] = {}
+    for p in points:  # a Point, or any tuple that starts like one
+        x, v, kind, order = p[0], p[1], p[2], p[3]
+        i = bucket_of(x)
+        b = out.get(i)
+        if b is None:
+            finite = v if kind == FINITE else None
+            out[i] = Bucket(x, v, kind, finite, finite, 1, int(kind != FINITE), order)
+            continue
+        b.count += 1
+        if kind == FINITE:
+            if b.min is None or v < b.min:  # type: ignore[operator]
+                b.min = v
+            if b.max is None or v > b.max:  # type: ignore[operator]
+                b.max = v
+        else:
+            b.nonfinite += 1
+        if x > b.x or (x == b.x and order >= b.order):
+            b.x, b.value, b.kind, b.order = x, v, kind, order
+    return out
+
+
 def downsample(points: Iterable[Point], g: Grid) -> list[Bucket]:
     """The buckets of ``g`` from raw points (those outside the grid's range are left out),
-    ordered by step. The reference the database's query is checked against."""
-    inside = ((g.index(p.x), Bucket.of(p)) for p in points if g.x0 <= p.x <= g.x1)
-    out = _fold(inside)
+    ordered by step. The reference the rollups are checked against."""
+    out = _fold_points((p for p in points if g.x0 <= p[0] <= g.x1), g.index)
     return [out[i] for i in sorted(out)]
 
 
 def blocks(points: Iterable[Point], tier: int) -> dict[int, Bucket]:
-    """The rollup of ``points`` at ``tier``: block number (``step // tier``) to its block."""
-    return _fold((p.x // tier, Bucket.of(p)) for p in points)
+    """The rollup of ``points`` (``Point`` or plain tuples in its order) at ``tier``: block
+    number (``step // tier``) to its block."""
+    return _fold_points(points, lambda x: x // tier)
 
 
 def coarser(fine: dict[int, Bucket], factor: int) -> dict[int, Bucket]:

@@ -79,6 +79,8 @@ def accept(writer: str, next_seq: int, first_seq: int, count: int) -> Accepted:
 def parse_value(key: str, value: Any) -> tuple[float | None, int]:
     """``(stored value, kind)`` of a JSON value: a number, or ``"NaN"``/``"Infinity"``/
     ``"-Infinity"``. Anything else is a :class:`BatchError`."""
+    if type(value) is float and math.isfinite(value):  # the common case, first
+        return value, FINITE
     if isinstance(value, bool):
         return float(value), FINITE
     if isinstance(value, (int, float)):
@@ -113,72 +115,75 @@ def check_writer(writer: Any) -> str:
     return writer
 
 
-@dataclass(frozen=True)
-class Row:
-    """One point to insert: metric name, sequence number of its record, step, time, value."""
-
-    key: str
-    seq: int
-    step: int
-    ts: float
-    value: float | None
-    kind: int
+#: one point of one metric: ``(step, stored value, kind, journal time, seq of its record)``,
+#: a :class:`~.downsample.Point` plus the seq (a plain tuple: ingest makes millions of them)
+Pt = tuple[int, "float | None", int, float, int]
 
 
 @dataclass
-class Record:
-    """One journal record of a batch: the values logged by one ``log()`` call, or a message."""
+class Batch:
+    """A parsed batch: per metric its points, and the messages ``(seq, time, text)``."""
 
-    step: int
-    ts: float
-    values: dict[str, tuple[float | None, int]] = field(default_factory=dict)
-    message: str | None = None
+    series: dict[str, list[Pt]] = field(default_factory=dict)
+    messages: list[tuple[int, float, str]] = field(default_factory=list)
+
+    @property
+    def points(self) -> int:
+        return sum(len(p) for p in self.series.values())
 
 
-def parse_records(raw: Sequence[Mapping[str, Any]], first_seq: int) -> list[Record]:
-    """Validate a batch's records (``{"step", "t", "values"}`` or ``{"t", "message"}``)."""
+def _bad(seq: int, what: str) -> BatchError:
+    return BatchError(f"record seq {seq}: {what}")
+
+
+def parse_batch(raw: Sequence[Mapping[str, Any]], first_seq: int) -> Batch:
+    """Validate and parse records (``{"t", "step", "values"}`` or ``{"t", "message"}``; record
+    ``i`` has seq ``first_seq + i``; a record without a step takes its seq as step)."""
     if len(raw) > MAX_RECORDS:
         raise BatchError(f"a batch holds at most {MAX_RECORDS} records, got {len(raw)}")
-    out: list[Record] = []
-    points = 0
-    for i, rec in enumerate(raw):
-        seq = first_seq + i
+    out = Batch()
+    series = out.series
+    n_points = 0
+    for seq, rec in enumerate(raw, first_seq):
+        if type(rec) is not dict and not isinstance(rec, Mapping):
+            raise _bad(seq, "a record must be an object")
         ts = rec.get("t")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
-            raise BatchError(f"record seq {seq}: 't' must be a unix time in seconds, got {ts!r}")
-        step = rec.get("step", seq)
+        if type(ts) not in (float, int) or not math.isfinite(ts):
+            raise _bad(seq, f"'t' must be a unix time in seconds, got {ts!r}")
+        step = rec.get("step")
         if step is None:
             step = seq
-        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
-            raise BatchError(f"record seq {seq}: 'step' must be an integer >= 0, got {step!r}")
+        elif type(step) is not int or not 0 <= step <= MAX_STEP:
+            raise _bad(seq, f"'step' must be an integer >= 0, got {step!r}")
         message = rec.get("message")
-        if message is not None and not isinstance(message, str):
-            raise BatchError(f"record seq {seq}: 'message' must be a string")
+        if message is not None:
+            if not isinstance(message, str):
+                raise _bad(seq, "'message' must be a string")
+            out.messages.append((seq, float(ts), message))
         values = rec.get("values")
         if values is None:
-            values = {}
-        if not isinstance(values, Mapping):
-            raise BatchError(f"record seq {seq}: 'values' must be an object")
-        parsed = {check_key(k): parse_value(k, v) for k, v in values.items()}
-        points += len(parsed)
-        if points > MAX_POINTS:
+            continue
+        if type(values) is not dict and not isinstance(values, Mapping):
+            raise _bad(seq, "'values' must be an object")
+        n_points += len(values)
+        if n_points > MAX_POINTS:
             raise BatchError(f"a batch holds at most {MAX_POINTS} points")
-        out.append(Record(step=step, ts=float(ts), values=parsed, message=message))
+        for k, v in values.items():
+            pts = series.get(k)
+            if pts is None:
+                pts = series[check_key(k)] = []
+            if type(v) is float and -math.inf < v < math.inf:  # the common case, inline
+                pts.append((step, v, FINITE, ts, seq))
+            else:
+                value, kind = parse_value(k, v)
+                pts.append((step, value, kind, ts, seq))
     return out
-
-
-def rows(records: Iterable[Record], first_seq: int) -> list[Row]:
-    """The points of ``records`` (numbered from ``first_seq``), one row per logged value."""
-    return [
-        Row(key, first_seq + i, rec.step, rec.ts, value, kind)
-        for i, rec in enumerate(records)
-        for key, (value, kind) in rec.values.items()
-    ]
 
 
 @dataclass
 class Summary:
-    """Per metric of a run: its last point (the latest logged), finite min and max, count."""
+    """Per metric of a run: its last point (the latest logged, by journal time), the finite min
+    and max, the number of points and of non-finite ones, and the step range."""
 
     last: float | None = None
     last_kind: int = FINITE
@@ -187,23 +192,30 @@ class Summary:
     min: float | None = None
     max: float | None = None
     count: int = 0
+    nonfinite: int = 0
+    first_step: int = MAX_STEP
+    max_step: int = -1
 
-    def add(self, row: Row) -> None:
-        self.count += 1
-        if row.kind == FINITE:
-            self.min = row.value if self.min is None else min(self.min, row.value)  # type: ignore[type-var]
-            self.max = row.value if self.max is None else max(self.max, row.value)  # type: ignore[type-var]
-        if row.ts >= self.last_ts:
-            self.last, self.last_kind = row.value, row.kind
-            self.last_step, self.last_ts = row.step, row.ts
-
-
-def summarize(rows_: Iterable[Row], into: dict[str, Summary] | None = None) -> dict[str, Summary]:
-    """Fold ``rows_`` into per-metric summaries (updating ``into`` when given)."""
-    out = into if into is not None else {}
-    for row in rows_:
-        s = out.get(row.key)
-        if s is None:
-            s = out[row.key] = Summary()
-        s.add(row)
-    return out
+    @classmethod
+    def of(cls, points: Iterable[Pt]) -> Summary:
+        s = cls()
+        last: Pt | None = None
+        for p in points:
+            step, value, kind, ts = p[0], p[1], p[2], p[3]
+            s.count += 1
+            if kind == FINITE:
+                if s.min is None or value < s.min:  # type: ignore[operator]
+                    s.min = value
+                if s.max is None or value > s.max:  # type: ignore[operator]
+                    s.max = value
+            else:
+                s.nonfinite += 1
+            if last is None or ts >= last[3]:
+                last = p
+            if step < s.first_step:
+                s.first_step = step
+            if step > s.max_step:
+                s.max_step = step
+        if last is not None:
+            s.last, s.last_kind, s.last_step, s.last_ts = last[1], last[2], last[0], last[3]
+        return s
