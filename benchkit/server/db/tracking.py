@@ -22,7 +22,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
     String,
@@ -31,12 +30,19 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-metadata = MetaData()
+from benchkit.server.db.models import Base
+
+metadata = Base.metadata
 
 
 def _run_columns() -> list[Column]:
     return [
-        Column("project_id", String(32), nullable=False),
+        Column(
+            "project_id",
+            String(32),
+            ForeignKey("projects.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         Column("run_id", String(255), nullable=False),
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from benchkit.server.db import accounts, tracking  # noqa: F401  (their tables are on Base.metadata)
 from benchkit.server.db.models import Base, UTCDateTime
 
 config = context.config
