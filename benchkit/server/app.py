@@ -25,10 +25,13 @@ from benchkit._version import __version__
 from benchkit.server.config import ServerConfig
 from benchkit.server.db.migrate import upgrade
 from benchkit.server.db.session import Database
+from benchkit.server.services.accounts import Accounts
 from benchkit.server.services.blobs import Blobs
 from benchkit.server.services.catalog import Catalog
 from benchkit.server.services.keys import Keys, load_pepper
+from benchkit.server.services.sessions import RateLimiter, Sessions
 from benchkit.server.services.staging import Staging
+from benchkit.server.services.tracking import Tracking
 from benchkit.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ class Services:
     store: Store
     catalog: Catalog
     blobs: Blobs
+    tracking: Tracking
+    accounts: Accounts
+    sessions: Sessions
+    signin_limiter: RateLimiter
 
     @classmethod
     def open(cls, config: ServerConfig, migrate: bool = True) -> Services:
@@ -59,7 +66,19 @@ class Services:
         catalog = Catalog(db, store)
         staging = Staging(store, config.staging_dir, config.reserve_bytes)
         blobs = Blobs(db, store, staging, catalog, config.max_put_bytes, config.max_upload_bytes)
-        return cls(config, db, keys, store, catalog, blobs)
+        sessions = Sessions(load_pepper(config.data_dir / "session-secret"), db)
+        return cls(
+            config,
+            db,
+            keys,
+            store,
+            catalog,
+            blobs,
+            Tracking(db),
+            Accounts(db),
+            sessions,
+            RateLimiter(),
+        )
 
     def recover(self) -> None:
         """Tidy what a killed server left: stray PUT files, pending catalog items, old uploads."""
@@ -74,7 +93,7 @@ class Services:
 
 def create_app(config: ServerConfig) -> FastAPI:
     """The application for ``config`` (nothing is opened until it starts)."""
-    from benchkit.server.api import ROUTERS
+    from benchkit.server.api import ROUTERS, dashboard
     from benchkit.server.api.errors import install_error_handlers
 
     @asynccontextmanager
@@ -112,6 +131,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(RejectControlCharacters)
+    dashboard.install(app)
     return app
 
 
