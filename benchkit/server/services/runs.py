@@ -346,7 +346,7 @@ def build(
 
 _TERM = re.compile(
     r"""\s*(?P<field>[A-Za-z_][\w.\-/]*)\s*(?P<op>!=|<=|>=|=|<|>|~)\s*"""
-    r"""(?:"(?P<q>[^"]*)"|'(?P<sq>[^']*)'|(?P<word>[^\s,]+))\s*,?""",
+    r"""(?:"(?P<q>[^"]*)"|'(?P<sq>[^']*)'|(?P<word>[^\s,<>=!~"']+))(?=[\s,]|$)\s*,?""",
 )
 _RUN_FIELDS = ("id", "name", "status", "host", "started", "duration", "processes")
 
