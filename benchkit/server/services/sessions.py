@@ -118,12 +118,18 @@ def csrf_ok(session: Session, form_token: str | None) -> bool:
     return bool(form_token) and hmac.compare_digest(session.csrf, form_token or "")
 
 
-class RateLimiter:
-    """At most ``limit`` failures per ``window_s`` for each key (a client address, a username);
-    :meth:`retry_after` says how long a blocked key waits. In memory: one server process."""
+#: failed sign-ins allowed per minute: per username, and per client address (several people
+#: may sign in from behind one address)
+SIGNIN_LIMITS = {"user": 5, "ip": 30}
 
-    def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
-        self.limit = limit
+
+class RateLimiter:
+    """At most ``limits[kind]`` failures per ``window_s`` for each key ``kind:value`` (a client
+    address, a username); :meth:`retry_after` says how long a blocked key waits. In memory:
+    the server is one process."""
+
+    def __init__(self, limits: dict[str, int] | None = None, window_s: float = 60.0) -> None:
+        self.limits = dict(SIGNIN_LIMITS if limits is None else limits)
         self.window_s = window_s
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
@@ -140,8 +146,8 @@ class RateLimiter:
         with self._lock:
             waits = [
                 self.window_s - (now - q[0])
-                for q in (self._recent(k, now) for k in keys)
-                if len(q) >= self.limit
+                for k, q in ((k, self._recent(k, now)) for k in keys)
+                if len(q) >= self.limits.get(k.split(":", 1)[0], 5)
             ]
         return max(waits, default=0.0)
 
