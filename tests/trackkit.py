@@ -53,7 +53,7 @@ def records(values: Mapping[str, Sequence[Any]], t0: float | None = None) -> lis
 
 
 def ingest(server: Any, key: str, run_id: str, recs: list[dict], writer: str = "w0",
-           first_seq: int = 0, **kw: Any) -> requests.Response:  # fmt: skip
+           first_seq: int = 1, **kw: Any) -> requests.Response:  # fmt: skip
     return requests.post(
         f"{server.url}/api/v1/runs/{run_id}/metrics",
         json={"writer": writer, "first_seq": first_seq, "records": recs},

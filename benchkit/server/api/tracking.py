@@ -37,10 +37,10 @@ Step = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
 
 
 class IngestBatch(BaseModel):
-    """Records ``first_seq``, ``first_seq + 1``, ... of one writer."""
+    """Records ``first_seq``, ``first_seq + 1``, ... of one writer (seqs count from 1)."""
 
     writer: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.:-]+$")
-    first_seq: int = Field(ge=0, le=2**63 - 1)
+    first_seq: int = Field(ge=1, le=2**63 - 1)
     #: ``{"t": unix time, "step": int, "values": {name: number | "NaN" | "Infinity" |
     #: "-Infinity"}}`` or ``{"t": ..., "message": text}``
     records: list[dict[str, Any]] = Field(max_length=MAX_RECORDS)

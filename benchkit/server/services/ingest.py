@@ -1,6 +1,6 @@
 """What a metric batch means, independent of the database: the cursor rule and the points.
 
-Every writer (one process of one attempt of a run) numbers its journal records 0, 1, 2, ...
+Every writer (one process of one attempt of a run) numbers its journal records 1, 2, 3, ...
 and sends them in batches ``(writer, first_seq, records)``; record ``i`` of a batch has sequence
 number ``first_seq + i``. The server keeps, per (run, writer), the next sequence number it
 expects (the ingest cursor) and applies a batch all or nothing:
@@ -25,6 +25,8 @@ from typing import Any
 
 from benchkit.server.services.downsample import FINITE, NAN, NEG_INF, POS_INF, classify
 
+#: the seq of a writer's first record (the client's journal counts from 1)
+FIRST_SEQ = 1
 #: limits of one batch and one run (SERVER.md §7)
 MAX_RECORDS = 10_000
 MAX_POINTS = 100_000

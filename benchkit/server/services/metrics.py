@@ -30,6 +30,7 @@ from benchkit.server.db.tracking import (
 )
 from benchkit.server.services import downsample as ds
 from benchkit.server.services.ingest import (
+    FIRST_SEQ,
     MAX_RECORDS,
     Batch,
     BatchError,
@@ -86,14 +87,15 @@ def _insert(conn: Connection, table):
 
 
 def writer_cursor(conn: Connection, run: RunRef, writer: str, now: float) -> tuple[int, int]:
-    """``(cursor id, next_seq)`` of a writer, created at 0, locked until the transaction ends.
+    """``(cursor id, next_seq)`` of a writer (a new one expects seq 1), locked until the
+    transaction ends.
 
     The first statement writes, so that SQLite takes its write lock at once (a read that later
     upgrades could fail under concurrency); PostgreSQL then locks the row ``FOR UPDATE``.
     """
     conn.execute(
         _insert(conn, ingest_cursors)
-        .values(**run.values(), writer=writer, next_seq=0, seen_at=now)
+        .values(**run.values(), writer=writer, next_seq=FIRST_SEQ, seen_at=now)
         .on_conflict_do_nothing(index_elements=["project_id", "run_id", "writer"])
     )
     row = conn.execute(
@@ -135,6 +137,8 @@ def ingest(
     (422), and then the caller's transaction rolls back whatever this wrote. Run it inside
     ``engine.begin()``."""
     check_writer(writer)
+    if first_seq < FIRST_SEQ:
+        raise BatchError(f"sequence numbers start at {FIRST_SEQ}, got first_seq {first_seq}")
     if len(records) > MAX_RECORDS:
         raise BatchError(f"a batch holds at most {MAX_RECORDS} records, got {len(records)}")
     now = time.time() if now is None else now

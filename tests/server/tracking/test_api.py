@@ -25,20 +25,20 @@ def test_a_retried_batch_is_stored_once_and_a_gap_gets_the_expected_seq(sqlite_s
     recs = records({"loss": [1.0, 0.5, 0.25]})
     first = ingest(sqlite_server, project.key, "r1", recs)
     assert first.json() == {
-        "writer": "w0", "next_seq": 3, "acked_through": 2, "inserted": 3, "skipped": 0,
+        "writer": "w0", "next_seq": 4, "acked_through": 3, "inserted": 3, "skipped": 0,
     }  # fmt: skip
     again = ingest(sqlite_server, project.key, "r1", recs)
     assert (again.status_code, again.json()["inserted"], again.json()["skipped"]) == (200, 0, 3)
     gap = ingest(sqlite_server, project.key, "r1", recs, first_seq=7)
     assert gap.status_code == 409
-    assert gap.json()["expected_seq"] == 3
+    assert gap.json()["expected_seq"] == 4
     m = get(sqlite_server, project.key, "/api/v1/runs/r1/metrics").json()
-    assert m["writers"] == {"w0": 3}
+    assert m["writers"] == {"w0": 4}
     assert m["metrics"]["loss"]["count"] == 3
 
 
 def test_a_gzipped_batch_is_accepted_and_an_oversized_one_refused(sqlite_server, project):
-    body = json.dumps({"writer": "w", "first_seq": 0, "records": records({"a": [1.0] * 50})})
+    body = json.dumps({"writer": "w", "first_seq": 1, "records": records({"a": [1.0] * 50})})
     r = requests.post(
         f"{sqlite_server.url}/api/v1/runs/gz/metrics",
         data=gzip.compress(body.encode()),
@@ -57,8 +57,9 @@ def test_a_gzipped_batch_is_accepted_and_an_oversized_one_refused(sqlite_server,
 @pytest.mark.parametrize(
     "body, match",
     [
-        ({"writer": "w", "first_seq": 0, "records": [{"t": 1.0, "values": {"x": "high"}}]}, "not a number"),
-        ({"writer": "../w", "first_seq": 0, "records": []}, "invalid batch"),
+        ({"writer": "w", "first_seq": 1, "records": [{"t": 1.0, "values": {"x": "high"}}]}, "not a number"),
+        ({"writer": "w", "first_seq": 0, "records": []}, "invalid batch"),
+        ({"writer": "../w", "first_seq": 1, "records": []}, "invalid batch"),
         ({"writer": "w", "first_seq": -1, "records": []}, "invalid batch"),
         ({"writer": "w"}, "invalid batch"),
         ([1, 2], "invalid batch"),
@@ -219,4 +220,4 @@ def test_another_projects_runs_table_and_ingest_stay_apart(sqlite_server):
     r = ingest(sqlite_server, a.key, "shared-id", records({"loss": [9.0]}))  # its own run
     assert r.json()["inserted"] == 1
     mb = get(sqlite_server, b.key, "/api/v1/runs/shared-id/metrics").json()
-    assert mb["metrics"]["loss"]["count"] == 2 and mb["writers"] == {"w0": 2}
+    assert mb["metrics"]["loss"]["count"] == 2 and mb["writers"] == {"w0": 3}

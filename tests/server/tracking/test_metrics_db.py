@@ -24,8 +24,9 @@ def recs(start, stop, keys=("loss",), t0=1000.0, f=lambda k, i: i * 0.5):
 
 
 def put(engine, first, records, run=RUN, writer="w0"):
+    """Ingest ``records`` as the writer's records from index ``first`` (seq ``first + 1``)."""
     with engine.begin() as c:
-        return metrics.ingest(c, run, writer, first, records)
+        return metrics.ingest(c, run, writer, first + 1, records)
 
 
 def all_points(engine, run=RUN, key="loss"):
@@ -42,7 +43,7 @@ def all_points(engine, run=RUN, key="loss"):
 def test_a_batch_is_stored_and_summarised(engine):
     ack = put(engine, 0, recs(0, 10, keys=("loss", "acc")))
     assert ack.to_json() == {
-        "writer": "w0", "next_seq": 10, "acked_through": 9, "inserted": 20, "skipped": 0,
+        "writer": "w0", "next_seq": 11, "acked_through": 10, "inserted": 20, "skipped": 0,
     }  # fmt: skip
     with engine.connect() as c:
         s = metrics.summaries(c, [RUN])[RUN.run_id]
@@ -56,9 +57,9 @@ def test_a_batch_is_stored_and_summarised(engine):
 def test_a_retried_batch_is_stored_once(engine):
     put(engine, 0, recs(0, 10))
     again = put(engine, 0, recs(0, 10))
-    assert (again.inserted, again.skipped, again.next_seq) == (0, 10, 10)
+    assert (again.inserted, again.skipped, again.next_seq) == (0, 10, 11)
     overlap = put(engine, 5, recs(5, 15))
-    assert (overlap.inserted, overlap.skipped, overlap.next_seq) == (5, 5, 15)
+    assert (overlap.inserted, overlap.skipped, overlap.next_seq) == (5, 5, 16)
     pts = all_points(engine)
     assert [p["step"] for p in pts] == list(range(15))
     with engine.connect() as c:
@@ -69,11 +70,11 @@ def test_a_batch_after_a_gap_is_refused_and_writes_nothing(engine):
     put(engine, 0, recs(0, 5))
     with pytest.raises(SeqGap) as e:
         put(engine, 8, recs(8, 10))
-    assert e.value.expected_seq == 5
+    assert e.value.expected_seq == 6
     with pytest.raises(SeqGap):
         put(engine, 3, recs(3, 5), writer="w-new")  # a new writer starts at 0
     with engine.connect() as c:
-        assert metrics.cursors(c, RUN) == {"w0": 5}
+        assert metrics.cursors(c, RUN) == {"w0": 6}
         assert c.execute(select(func.count()).select_from(metric_points)).scalar() == 5
 
 
