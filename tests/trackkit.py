@@ -1,5 +1,6 @@
 """Helpers of the tracking tests: runs put on a real Bench server the way clients put them
-(``run.json`` through the blob API, metrics through the ingest API)."""
+(``run.json`` through the blob API, metrics through the ingest API), and migrated databases
+(SQLite and the session's PostgreSQL) for the tracking services."""
 
 from __future__ import annotations
 
@@ -8,9 +9,42 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
 import requests
 
 from benchkit.store.http import HttpStore
+
+#: the projects every ``tracking_db`` holds
+PROJECTS = ("proj-a", "proj-b")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tracking_db(request, tmp_path):
+    """A fresh, migrated server database on each engine in turn, holding projects ``proj-a``
+    and ``proj-b``."""
+    from benchkit.server.db.migrate import upgrade
+    from benchkit.server.db.models import Project
+    from benchkit.server.db.session import Database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'bench.db'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+    database = Database(url)
+    upgrade(database)
+    with database.write() as s:
+        for pid in PROJECTS:
+            s.add(Project(id=pid, name=pid))
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def tracking_engine(tracking_db):
+    """An engine of ``tracking_db`` whose transactions may write (``BEGIN IMMEDIATE`` on
+    SQLite)."""
+    db = tracking_db
+    return db.engine.execution_options(sqlite_begin="IMMEDIATE") if db.is_sqlite else db.engine
 
 
 def headers(key: str) -> dict[str, str]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = (
@@ -161,8 +163,6 @@ def canvas_pixel_variety(b: Browser, css: str) -> int:
 
 def session(request) -> Iterator[Browser]:
     """The body of the session fixture: skip outside CI when there is no browser, fail in CI."""
-    import pytest
-
     reason = missing_reason()
     if reason:
         if os.environ.get("CI"):
@@ -173,3 +173,25 @@ def session(request) -> Iterator[Browser]:
         yield b
     finally:
         stop(b)
+
+
+@pytest.fixture(scope="session")
+def chromium(request):
+    """One headless Chromium for the whole session."""
+    yield from session(request)
+
+
+@pytest.fixture
+def browser(chromium: Browser, tmp_path) -> Iterator[Browser]:
+    """The session's browser, its logs cleared, screenshots going to this test's tmp dir.
+
+    A test that leaves a console error or an off-host request behind fails at teardown.
+    """
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    chromium.reset(shots)
+    yield chromium
+    errors, offhost = chromium.console_errors(), chromium.offhost_requests()
+    chromium.reset(None)
+    if errors or offhost:
+        pytest.fail(f"console errors: {errors}; requests that left 127.0.0.1: {offhost}")

@@ -17,6 +17,12 @@ from benchkit.server.services.ingest import BatchError, SeqGap
 RUN = metrics.RunRef("proj-a", "20261201-120000-train-ab12")
 
 
+@pytest.fixture
+def engine(tracking_engine):
+    """A migrated database on SQLite, then PostgreSQL (see ``trackkit.tracking_db``)."""
+    return tracking_engine
+
+
 def recs(start, stop, keys=("loss",), t0=1000.0, f=lambda k, i: i * 0.5):
     return [
         {"t": t0 + i, "step": i, "values": {k: f(k, i) for k in keys}} for i in range(start, stop)
