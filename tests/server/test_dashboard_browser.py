@@ -90,11 +90,12 @@ def test_sign_in_browse_sort_chart_zoom_compare_sign_out(browser, sqlite_server,
     d.find_element(By.ID, "log-scale").click()
 
     # zoom: drag across the first chart; the server re-buckets the range
+    loads = browser.run_js("return window.__charts[0].loads")
     over = d.find_element(By.CSS_SELECTOR, "#charts section.chart .u-over")
     w = over.size["width"]
     ActionChains(d).move_to_element_with_offset(over, -w // 4, 0).click_and_hold().move_by_offset(
         w // 5, 0).release().perform()  # fmt: skip
-    browser.wait_for("window.__charts[0].range !== null && window.__charts[0].drawnPoints() > 0")
+    browser.wait_for(f"window.__charts[0].range !== null && window.__charts[0].loads > {loads}")
     lo, hi = browser.run_js("return window.__charts[0].range")
     assert 0 <= lo < hi < 299
     xs = browser.run_js("return window.__charts[0].series[0].x")

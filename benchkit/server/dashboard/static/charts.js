@@ -62,6 +62,7 @@
       this.range = null;                // null: the whole run; else [step0, step1]
       this.series = [];                 // the server's answer, one entry per run
       this.uplot = null;
+      this.loads = 0;                   // answers drawn so far (tests wait on it)
       this.build();
       charts.push(this);
     }
@@ -111,6 +112,7 @@
       const body = await resp.json();
       this.series = body.series;
       this.render();
+      this.loads++;
     }
 
     zoom(range) {
