@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from benchkit.cli import server_users
 from benchkit.cli.common import JSON, console, print_json, print_table
 from benchkit.errors import BenchKitError, ConfigError
 
@@ -115,6 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("project", nargs="?", help="project id or name (default: every project)")
     _data_flags(s, top=False)
     s.set_defaults(func=cmd_reindex)
+
+    server_users.register(ssub, _data_flags)
 
 
 def _config(args: argparse.Namespace, **extra: Any):

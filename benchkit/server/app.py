@@ -25,11 +25,14 @@ from benchkit._version import __version__
 from benchkit.server.config import ServerConfig
 from benchkit.server.db.migrate import upgrade
 from benchkit.server.db.session import Database
+from benchkit.server.services.accounts import Accounts
 from benchkit.server.services.blobs import Blobs
 from benchkit.server.services.catalog import Catalog
 from benchkit.server.services.jobs import Jobs, open_jobs
 from benchkit.server.services.keys import Keys, load_pepper
+from benchkit.server.services.sessions import RateLimiter, Sessions
 from benchkit.server.services.staging import Staging
+from benchkit.server.services.tracking import Tracking
 from benchkit.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,10 @@ class Services:
     store: Store
     catalog: Catalog
     blobs: Blobs
+    tracking: Tracking
+    accounts: Accounts
+    sessions: Sessions
+    signin_limiter: RateLimiter
     jobs: Jobs
 
     @classmethod
@@ -62,7 +69,20 @@ class Services:
         staging = Staging(store, config.staging_dir, config.reserve_bytes)
         blobs = Blobs(db, store, staging, catalog, config.max_put_bytes, config.max_upload_bytes)
         jobs = open_jobs(config, db, store, catalog, keys)
-        return cls(config, db, keys, store, catalog, blobs, jobs)
+        sessions = Sessions(load_pepper(config.data_dir / "session-secret"), db)
+        return cls(
+            config,
+            db,
+            keys,
+            store,
+            catalog,
+            blobs,
+            Tracking(db),
+            Accounts(db),
+            sessions,
+            RateLimiter(),
+            jobs,
+        )
 
     def recover(self) -> None:
         """Tidy what a killed server left: stray PUT files, pending catalog items, old uploads."""
@@ -78,7 +98,7 @@ class Services:
 
 def create_app(config: ServerConfig) -> FastAPI:
     """The application for ``config`` (nothing is opened until it starts)."""
-    from benchkit.server.api import ROUTERS
+    from benchkit.server.api import ROUTERS, dashboard
     from benchkit.server.api.errors import install_error_handlers
 
     @asynccontextmanager
@@ -117,6 +137,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(RejectControlCharacters)
+    dashboard.install(app)
     return app
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from browserkit import browser, chromium  # noqa: F401  (the dashboard's browser tests)
 from serverkit import Api
+from trackkit import tracking_db, tracking_engine  # noqa: F401  (the tracking services' tests)
 
 
 @pytest.fixture

@@ -48,6 +48,10 @@ def _fill(server):
     store.put_json("code/1/manifest.json", {"version": 1, "message": MARK, "files": []})
     store.put_json(f"runs/{run_id}/run.json", {"id": run_id, "name": MARK, "status": "finished"})
     store.put(f"checkpoints/{run_id}/epoch-0001", MARK.encode())
+    metrics = [{"t": 1.0, "step": 0, "values": {MARK: 1.5, "loss": 2.5}, "message": MARK}]
+    store.client.json(
+        "POST", f"runs/{run_id}/metrics", json={"writer": MARK, "first_seq": 1, "records": metrics}
+    )
     upload = store.client.json("POST", "uploads", json={"key": f"up/{MARK}"}, expect=(201,))
     job_id = _ended_job(server, b.id, run_id, store)
     ids = {
@@ -103,11 +107,13 @@ def _body(op: dict, ids: dict[str, str]) -> dict:
     if "application/octet-stream" in content:
         return {"data": b"attacker bytes"}
     schema = content["application/json"]["schema"]
-    name = schema.get("$ref", "").rsplit("/", 1)[-1]
+    name = schema.get("$ref", "").rsplit("/", 1)[-1] or schema.get("title", "")
+    batch = {"writer": "attacker", "first_seq": 1, "records": [{"t": 1.0, "values": {"loss": 9.0}}]}
     bodies = {
         "NewUpload": {"key": ids["key"]},
         "Complete": {"sha256": "0" * 64, "size": 1},
         "JobIn": {"version": 1, "name": "probe"},
+        "IngestBatch": batch,
     }
     assert name in bodies, f"teach test_isolation a body for schema {name!r}"
     return {"json": bodies[name]}
@@ -127,8 +133,8 @@ def _request(api: Api, doc: dict, method: str, path: str, ids: dict[str, str]):
             used.add(p["name"])
             url = url.replace("{" + p["name"] + "}", ids[p["name"]])
             url = url.replace("{" + p["name"] + ":path}", ids[p["name"]])
-        elif p["in"] == "query" and p.get("required"):
-            params[p["name"]] = {"offset": 0, "prefix": "iso/"}[p["name"]]
+        elif p["in"] == "query" and p.get("required") and p["name"] != "run":
+            params[p["name"]] = {"offset": 0, "prefix": "iso/", "key": "loss"}[p["name"]]
         elif p["in"] == "query" and p["name"] in ("prefix", "run"):
             params[p["name"]] = {"prefix": "", "run": ids["run_id"]}[p["name"]]
             if p["name"] == "run":
@@ -183,3 +189,5 @@ def test_another_projects_things_are_not_found(bench_server, method, path):
     assert [u["id"] for u in b_store.uploads()] == [b_ids["upload_id"]]
     [job] = b_store.client.json("GET", "jobs")["jobs"]
     assert job["id"] == b_ids["job_id"] and job["state"] == "succeeded" and not job["cancel_requested"]
+    tracked = b_store.client.json("GET", f"runs/{b_ids['run_id']}/metrics")
+    assert tracked["writers"] == {MARK: 2} and tracked["metrics"]["loss"]["count"] == 1

@@ -9,6 +9,7 @@ the OpenAPI document and fails on a route it does not know how to probe.
 
 from __future__ import annotations
 
-from benchkit.server.api import blobs, catalog, info, jobs, uploads
+from benchkit.server.api import blobs, catalog, dashboard, info, jobs, tracking, uploads
 
-ROUTERS = [info.router, blobs.router, uploads.router, catalog.router, jobs.router]
+ROUTERS = [info.router, blobs.router, uploads.router, catalog.router, tracking.router, jobs.router]
+ROUTERS.append(dashboard.router)  # the pages at / (outside the API and its schema)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from benchkit.server.db import jobs  # noqa: F401  (its table is on Base.metadata)
+from benchkit.server.db import accounts, jobs, tracking  # noqa: F401  (tables on Base.metadata)
 from benchkit.server.db.models import Base, UTCDateTime
 
 config = context.config
