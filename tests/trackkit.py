@@ -104,3 +104,66 @@ def make_run(server: Any, key: str, run_id: str, name: str, config=None,
     if values:
         r = ingest(server, key, run_id, records(values))
         assert r.status_code == 200, r.text
+
+
+# --- training runs against a server --------------------------------------------------------------
+
+TRAINER = """
+import os, time
+from pathlib import Path
+import benchkit as bench
+
+SIGNALS = Path(os.environ["SIGNALS"])
+
+
+def signal(name):
+    (SIGNALS / name).write_text("")
+
+
+def wait(name):
+    while not (SIGNALS / name).exists():
+        time.sleep(0.02)
+
+
+@bench.train(config={"points": 400, "signal_at": -1, "hold_at": -1, "hang_at": -1})
+def fit(run):
+    for i in range(run.config.points):
+        run.log({"x": float(i), "sq": float(i * i), "odd": float("nan") if i % 50 == 0 else i / 7})
+        if i == run.config.signal_at and run.is_main_process:  # past the run's setup writes
+            signal("logged")
+        if i == run.config.hold_at:
+            wait("go")
+        if i == run.config.hang_at:
+            signal("hanging")
+            time.sleep(3600)
+        time.sleep(0.005)
+    signal("done")
+"""
+
+
+def expected_points(n: int) -> dict[str, list]:
+    """What TRAINER logs over ``n`` steps, as the API returns it."""
+    return {
+        "x": [float(i) for i in range(n)],
+        "sq": [float(i * i) for i in range(n)],
+        "odd": ["NaN" if i % 50 == 0 else i / 7 for i in range(n)],
+    }
+
+
+def points_of(server: Any, key: str, run_id: str, metric: str) -> list[dict]:
+    """Every stored point of one metric of a run, through the API's pages."""
+    out, after = [], None
+    while True:
+        params = {"key": metric, **({"after": after} if after else {})}
+        r = requests.get(
+            f"{server.url}/api/v1/runs/{run_id}/points", params=params, headers=headers(key),
+            timeout=60,
+        )  # fmt: skip
+        if r.status_code == 404:
+            return out
+        r.raise_for_status()
+        page = r.json()
+        out += page["points"]
+        if page["next"] is None:
+            return out
+        after = ",".join(map(str, page["next"]))

@@ -139,7 +139,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     from benchkit.training import sync
 
-    ids = [sync.match_run(args.run)] if args.run else sync.journaled_runs()
+    try:
+        ids = [sync.match_run(args.run)] if args.run else sync.journaled_runs()
+    except TrainError:
+        done = sync.sent_already(args.run, args.store)
+        if done is None:
+            raise
+        console.print(f"[dim]nothing to sync for run {done}: its metrics are in its store[/dim]")
+        if args.json:
+            print_json([])
+        return 0
     if not ids:
         console.print("[dim]nothing to sync: every run's metrics are in their store[/dim]")
         if args.json:

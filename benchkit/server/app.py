@@ -77,7 +77,7 @@ class Services:
             store,
             catalog,
             blobs,
-            Tracking(db),
+            Tracking(db, store),
             Accounts(db),
             sessions,
             RateLimiter(),

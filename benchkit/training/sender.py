@@ -19,8 +19,9 @@ writer of one run, as their JSON payloads. The contract every sink keeps:
 :class:`StoreSink` is the sink for ordinary stores: one metric part object per batch,
 ``runs/<run>/metrics/<writer>-<first>-<last>.jsonl``, so a retried batch rewrites the same key
 with the same bytes. A Bench server sink (issue 13) posts the batch with its writer id and
-seq range to the server's ingest API and returns the server's ``acked_through``; it is chosen
-in :func:`sink_for`.
+seq range to the server's ingest API and returns the server's ``acked_through``
+(:mod:`benchkit.training.server_sink`); :func:`benchkit.training.sinks.sink_for` picks the
+sink of a store.
 
 :func:`send_pending` is the one loop both users share: under the journal's lock it reads the
 acknowledged cursor, sends the next batch, and moves the cursor. The live tracker calls it from
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from benchkit.fsutil import exclusive_lock
-from benchkit.store import Store, open_store
+from benchkit.store import Store
 from benchkit.training import runs
 from benchkit.training.journal import Journal
 
@@ -95,11 +96,6 @@ class StoreSink:
         return f"store {self.store.url}"
 
 
-def sink_for(store: Store | str) -> Sink:
-    """The sink for a run's store."""
-    return StoreSink(open_store(store))
-
-
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry number ``attempt`` (1, 2, ...): capped, full jitter."""
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
@@ -143,7 +139,8 @@ class Sender:
                 self._batch = batch
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"
-                self.retry_at = time.monotonic() + backoff(self.failures)
+                wait = max(backoff(self.failures), getattr(e, "retry_after", 0.0))  # Retry-After
+                self.retry_at = time.monotonic() + wait
                 log.warning(
                     "writing metrics of run %s to %s failed (attempt %d; kept and retried): %s",
                     batch.run_id, self.sink.describe(), self.failures, self.last_error,

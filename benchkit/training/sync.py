@@ -26,7 +26,8 @@ from benchkit.training.journal import (
     journal_root,
     pending_record_path,
 )
-from benchkit.training.sender import send_pending, sink_for
+from benchkit.training.sender import send_pending
+from benchkit.training.sinks import sink_for
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def match_run(ref: str, root: Path | None = None) -> str:
         f"nothing journaled for run '{ref}' on this machine (under {root or journal_root()}); "
         "`benchkit sync` with no run lists what is"
     )
+
+
+def sent_already(ref: str, store: str | Store | None = None) -> str | None:
+    """The id of the run ``ref`` names when nothing of it is journaled here but its store
+    knows it (a second ``sync`` of a run), else None."""
+    try:
+        return runs.resolve_run(open_store(store), ref)
+    except BenchKitError:
+        return None
 
 
 def sync_run(

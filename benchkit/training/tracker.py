@@ -35,7 +35,8 @@ from benchkit.errors import BenchKitError, ConfigError, TrainError
 from benchkit.store import Store, open_store
 from benchkit.training import runs
 from benchkit.training.journal import Journal
-from benchkit.training.sender import Sender, sink_for
+from benchkit.training.sender import Sender
+from benchkit.training.sinks import sink_for
 
 log = logging.getLogger(__name__)
 

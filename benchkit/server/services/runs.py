@@ -9,15 +9,18 @@ into conditions compared as values (``lr>=0.01 status=finished val_acc>0.9 name~
 evaluated as code or spliced into SQL.
 
 A run whose record says ``running`` but which has shown no sign of life (a record update, an
-ingest batch or heartbeat) for ``lost_after`` seconds is shown as ``lost``: a process killed
-with ``kill -9`` cannot report that it ended, and a run must not show as running forever.
+ingest batch, its heartbeat ``runs/<id>/heartbeat.json``) for the heartbeat timeout
+(:func:`benchkit.training.runs.heartbeat_timeout`: four of the run's heartbeat intervals, or
+``BENCHKIT_HEARTBEAT_TIMEOUT``) is shown as ``lost``, as ``runs list`` on a local store shows
+it: a process killed with ``kill -9`` cannot report that it ended, and a run must not show as
+running forever.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -27,10 +30,12 @@ from sqlalchemy import Connection, select
 from benchkit.server.db.models import Run
 from benchkit.server.services import metrics
 from benchkit.server.services.metrics import RunRef
+from benchkit.training import runs as training_runs
 
-RUNNING, LOST = "running", "lost"
-#: default seconds without a sign of life before a running run shows as lost
-LOST_AFTER_S = 120.0
+#: a running run's heartbeat, by run id: ``{"unix": time, "interval": seconds}`` or None
+Heartbeats = Callable[[str], "dict[str, Any] | None"]
+
+RUNNING, LOST = training_runs.RUNNING, training_runs.LOST
 #: at most this many hyperparameter and metric columns each (the rest are named in a note)
 MAX_COLUMNS = 40
 MODES = ("max", "min")
@@ -126,11 +131,19 @@ class RunView:
         }
 
 
-def effective_status(recorded: str, seen: float | None, now: float, lost_after: float) -> str:
-    """``lost`` for a run recorded as running without a sign of life for ``lost_after`` s."""
-    if recorded == RUNNING and (seen is None or now - seen > lost_after):
+def effective_status(recorded: str, seen: float | None, now: float, timeout: float) -> str:
+    """``lost`` for a run recorded as running without a sign of life for ``timeout`` s."""
+    if recorded == RUNNING and (seen is None or now - seen > timeout):
         return LOST
     return recorded or "unknown"
+
+
+def lost_after(heartbeat: dict[str, Any] | None) -> float:
+    """The heartbeat timeout of a run (its own heartbeat interval when it said one)."""
+    interval = (heartbeat or {}).get("interval")
+    if not _is_number(interval) or interval <= 0:
+        interval = training_runs.HEARTBEAT_INTERVAL
+    return training_runs.heartbeat_timeout(float(interval))
 
 
 def load(
@@ -138,9 +151,10 @@ def load(
     project_id: str,
     run_ids: Sequence[str] | None = None,
     now: float | None = None,
-    lost_after: float = LOST_AFTER_S,
+    heartbeats: Heartbeats | None = None,
 ) -> list[RunView]:
-    """The project's runs (or those of ``run_ids``), oldest id first."""
+    """The project's runs (or those of ``run_ids``), oldest id first; ``heartbeats`` reads the
+    heartbeat of a run recorded as running."""
     q = select(Run.id, Run.name, Run.status, Run.record, Run.updated_at).where(
         Run.project_id == project_id
     )
@@ -151,12 +165,22 @@ def load(
     sums = metrics.summaries(conn, refs)
     seen_ingest = metrics.last_seen(conn, refs)
     now = datetime.now(timezone.utc).timestamp() if now is None else now
-    return [_view(r, sums.get(r.id, {}), seen_ingest.get(r.id), now, lost_after) for r in rows]
+    out = []
+    for r in rows:
+        rec = r.record if isinstance(r.record, dict) else {}
+        running = str(rec.get("status") or r.status or "") == RUNNING
+        beat = heartbeats(r.id) if heartbeats is not None and running else None
+        out.append(_view(r, rec, sums.get(r.id, {}), seen_ingest.get(r.id), beat, now))
+    return out
 
 
-def _view(row: Any, sums: dict, ingested: float | None, now: float, lost_after: float) -> RunView:
-    rec = row.record if isinstance(row.record, dict) else {}
-    seen_at = [t for t in (_time(row.updated_at), ingested, _time(rec.get("heartbeat"))) if t]
+def _view(
+    row: Any, rec: dict, sums: dict, ingested: float | None, beat: dict | None, now: float
+) -> RunView:
+    beat_at = (beat or {}).get("unix")
+    seen_at = [t for t in (_time(row.updated_at), ingested) if t]
+    if _is_number(beat_at):
+        seen_at.append(float(beat_at))
     seen = max(seen_at) if seen_at else None
     recorded = str(rec.get("status") or row.status or "")
     started, ended = rec.get("started"), rec.get("ended")
@@ -170,7 +194,7 @@ def _view(row: Any, sums: dict, ingested: float | None, now: float, lost_after: 
     return RunView(
         id=row.id,
         name=str(rec.get("name") or row.name or row.id),
-        status=effective_status(recorded, seen, now, lost_after),
+        status=effective_status(recorded, seen, now, lost_after(beat)),
         recorded_status=recorded,
         record=rec,
         config=flatten(rec.get("config") or {}),

@@ -8,37 +8,47 @@ in the sequence numbers is a 409 Conflict carrying ``expected_seq``).
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from benchkit.errors import ObjectNotFound, StoreError
 from benchkit.server.db.session import Database
 from benchkit.server.services import downsample as ds
 from benchkit.server.services import metrics, runs
+from benchkit.server.services.catalog import project_prefix
 from benchkit.server.services.errors import BadRequest, Conflict, NotFound
 from benchkit.server.services.ingest import BatchError, SeqGap
 from benchkit.server.services.metrics import RunRef
+from benchkit.store import Store
 
 #: the most runs one comparison chart overlays
 MAX_COMPARE = 20
-
-
-def lost_after_from_env() -> float:
-    """Seconds without a sign of life before a running run shows as lost
-    (``BENCHKIT_SERVER_LOST_AFTER``, default 120)."""
-    value = os.environ.get("BENCHKIT_SERVER_LOST_AFTER")
-    try:
-        return float(value) if value else runs.LOST_AFTER_S
-    except ValueError:
-        return runs.LOST_AFTER_S
+#: a heartbeat larger than this is not read
+MAX_HEARTBEAT = 64 * 1024
 
 
 class Tracking:
     """Runs, metrics and logs of every project."""
 
-    def __init__(self, db: Database, lost_after: float | None = None) -> None:
+    def __init__(self, db: Database, store: Store) -> None:
         self.db = db
-        self.lost_after = lost_after_from_env() if lost_after is None else lost_after
+        self.store = store
+
+    def heartbeats(self, project_id: str) -> runs.Heartbeats:
+        """Reads the heartbeats (``runs/<id>/heartbeat.json``) of a project's running runs."""
+
+        def read(run_id: str) -> dict[str, Any] | None:
+            key = f"{project_prefix(project_id)}runs/{run_id}/heartbeat.json"
+            try:
+                if self.store.stat(key).size > MAX_HEARTBEAT:
+                    return None
+                doc = json.loads(self.store.get(key))
+            except (ObjectNotFound, ValueError, StoreError):
+                return None
+            return doc if isinstance(doc, dict) else None
+
+        return read
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -109,7 +119,9 @@ class Tracking:
             raise BadRequest(f"empty step range: x0={x0} > x1={x1}")
         with self.db.read() as s:
             conn = s.connection()
-            found = runs.load(conn, project_id, list(run_ids), lost_after=self.lost_after)
+            found = runs.load(
+                conn, project_id, list(run_ids), heartbeats=self.heartbeats(project_id)
+            )
             views = {v.id: v for v in found}
             out = []
             for rid in dict.fromkeys(run_ids):
@@ -151,7 +163,9 @@ class Tracking:
         self, project_id: str, run_ids: Sequence[str] | None = None
     ) -> list[runs.RunView]:
         with self.db.read() as s:
-            return runs.load(s.connection(), project_id, run_ids, lost_after=self.lost_after)
+            return runs.load(
+                s.connection(), project_id, run_ids, heartbeats=self.heartbeats(project_id)
+            )
 
     def get_run(self, project_id: str, run_id: str) -> runs.RunView:
         found = self.list_runs(project_id, [run_id])
