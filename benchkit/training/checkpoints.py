@@ -94,13 +94,15 @@ def save_checkpoint(
     state: dict[str, Any] | None = None,
     keep: int = DEFAULT_KEEP,
     meta: dict[str, Any] | None = None,
+    criterion: Criterion | None = None,
 ) -> CheckpointInfo | None:
     """Save the accelerator state on every rank and upload it once; every rank must call this.
 
     ``state`` is this rank's extra state (epoch, step, loader positions): plain containers,
     numbers, strings and tensors only. ``staging_dir`` must be the same path on every rank.
-    Keeps the last ``keep`` checkpoints of the run (all when ``keep <= 0``). Returns the
-    stored checkpoint's info on the main process, None elsewhere.
+    Keeps the last ``keep`` checkpoints of the run (all when ``keep <= 0``) and, with a
+    ``criterion`` (the run's monitored metric at this checkpoint), also the best one by it.
+    Returns the stored checkpoint's info on the main process, None elsewhere.
     """
     import torch
 
@@ -118,7 +120,7 @@ def save_checkpoint(
             info = _pack_and_upload(
                 store, run_id, name, staging, accelerator.num_processes, meta or {}
             )
-            _record_and_prune(store, run_id, info, keep)
+            _record_and_prune(store, run_id, info, keep, criterion)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -166,17 +168,50 @@ def _pack_and_upload(
     return CheckpointInfo(run_id, name, size, meta.get("epoch"), meta.get("step"), when)
 
 
-def _record_and_prune(store: Store, run_id: str, info: CheckpointInfo, keep: int) -> None:
+@dataclass(frozen=True)
+class Criterion:
+    """A run's evaluation criterion at one checkpoint: ``metric`` was ``value``, and ``mode``
+    ("max" or "min") says which way is better."""
+
+    metric: str
+    mode: str
+    value: float
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+
+def best_checkpoint(checkpoints: list[dict[str, Any]], criterion: Criterion) -> str | None:
+    """The name of the best of ``checkpoints`` by their recorded value of ``criterion``'s
+    metric (the later of equal ones; NaN never wins)."""
+    best: dict[str, Any] | None = None
+    for c in checkpoints:
+        v = c.get("value")
+        if c.get("metric") != criterion.metric or not isinstance(v, (int, float)) or v != v:
+            continue
+        if best is None or not criterion.better(best["value"], v):
+            best = c
+    return best["name"] if best else None
+
+
+def _record_and_prune(
+    store: Store, run_id: str, info: CheckpointInfo, keep: int, criterion: Criterion | None = None
+) -> None:
     doomed: list[str] = []
 
     def add(rec: runs.RunRecord) -> None:
         rec.checkpoints = [c for c in rec.checkpoints if c.get("name") != info.name]
-        rec.checkpoints.append(
-            {"name": info.name, "epoch": info.epoch, "step": info.step, "time": info.time,
-             "size": info.size}
-        )  # fmt: skip
-        while keep > 0 and len(rec.checkpoints) > keep:
-            doomed.append(rec.checkpoints.pop(0)["name"])
+        entry = {"name": info.name, "epoch": info.epoch, "step": info.step, "time": info.time,
+                 "size": info.size}  # fmt: skip
+        if criterion is not None:
+            entry.update(metric=criterion.metric, value=criterion.value)
+        rec.checkpoints.append(entry)
+        best = best_checkpoint(rec.checkpoints, criterion) if criterion else None
+        rec.best_checkpoint = best
+        if keep > 0:  # the last `keep`, and the best besides
+            old = rec.checkpoints[:-keep]
+            doomed.extend(c["name"] for c in old if c.get("name") != best)
+            rec.checkpoints = [c for c in rec.checkpoints if c["name"] not in doomed]
 
     # a run record that cannot be read is rebuilt (with this checkpoint), never blanked
     runs.update_record(store, run_id, add, create=lambda: runs.rebuild_record(store, run_id))
@@ -265,6 +300,8 @@ def delete_checkpoint(store: Store, info: CheckpointInfo) -> None:
 
     def drop(rec: runs.RunRecord) -> None:
         rec.checkpoints = [c for c in rec.checkpoints if c.get("name") != info.name]
+        if rec.best_checkpoint == info.name:
+            rec.best_checkpoint = None
 
     runs.update_record(store, info.run_id, drop)
 

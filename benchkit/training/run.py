@@ -203,6 +203,8 @@ class Run:
         accelerator_kwargs: dict[str, Any] | None = None,
         code_version: int | None = None,
         git: dict[str, Any] | None = None,
+        monitor: str | None = None,
+        mode: str | None = None,
     ) -> None:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import broadcast_object_list, set_seed
@@ -213,6 +215,9 @@ class Run:
         self.store = open_store(store)
         self.config = Config({**IMPLICIT_CONFIG, **(config or {})})
         self.datasets = dict(datasets or {})
+        self.monitor = monitor
+        self.mode = (mode or "max") if monitor else None
+        self._monitor_value: Any = None
         self._finished = False
 
         cpu = cpu or needs_cpu_backend()
@@ -250,7 +255,9 @@ class Run:
 
         self._resume_from: ckpt.CheckpointInfo | None = None
         if self.is_main_process:
-            self._open_record(resume, {"code_version": code_version, "git": git})
+            provenance = {"code_version": code_version, "git": git, "monitor": self.monitor,
+                          "mode": self.mode, "datasets": sorted(self.datasets)}  # fmt: skip
+            self._open_record(resume, provenance)
         if resume:
             self._resume_from = ckpt.latest_checkpoint(self.store, self.run_id)
         self.accelerator.init_trackers(project or "benchkit", config=dict(self.config))
@@ -613,6 +620,8 @@ class Run:
                 tracker.log(values, step=step)
             self._last_values = values
             self._values_version += 1
+            if self.monitor is not None and self.monitor in values:
+                self._monitor_value = values[self.monitor]
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """Print on the main process (through rich) and record the text as a run message."""
@@ -653,6 +662,12 @@ class Run:
             "config": dict(self.config),
             "seed": self.config.get("seed"),
         }
+        best = None
+        if self.monitor is not None and self._monitor_value is not None:
+            value = self._monitor_value
+            value = float(value.item() if hasattr(value, "item") else value)
+            meta["monitor"] = {"metric": self.monitor, "mode": self.mode, "value": value}
+            best = ckpt.Criterion(self.monitor, self.mode or "max", value)
         ckpt.save_checkpoint(
             self.accelerator,
             self.store,
@@ -662,6 +677,7 @@ class Run:
             state=state,
             keep=int(self.config.get("keep_checkpoints", ckpt.DEFAULT_KEEP)),
             meta=meta,
+            criterion=best,
         )
         self._last_checkpoint_step = self.step
         if self.is_main_process:

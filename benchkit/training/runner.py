@@ -431,6 +431,8 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         project=spec.project,
         code_version=spec.code_version,
         git=spec.git,
+        monitor=getattr(fn, "monitor", None),
+        mode=getattr(fn, "mode", None),
     )
     if run.is_main_process:
         verb = "resuming" if spec.resume else "run"

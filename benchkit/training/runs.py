@@ -124,6 +124,14 @@ class RunRecord:
     git: dict[str, Any] | None = None
     #: set when the record was rebuilt from the store: {"time", "damaged", "from"}
     rebuilt: dict[str, Any] | None = None
+    #: the evaluation criterion: the logged metric that says how good the run is, and whether
+    #: "max" or "min" is better (``@bench.train(monitor=..., mode=...)``)
+    monitor: str | None = None
+    mode: str | None = None
+    #: the checkpoint with the best value of ``monitor`` (kept besides the last ones)
+    best_checkpoint: str | None = None
+    #: the datasets the training module declares
+    datasets: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
