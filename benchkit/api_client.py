@@ -16,6 +16,7 @@ credentials file (mode 0600) that ``benchkit login`` writes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -302,6 +303,44 @@ class Catalog:
         params = {"run": run_id} if run_id else None
         return self.client.json("GET", "checkpoints", params=params, what="listing checkpoints")[
             "checkpoints"
+        ]
+
+    # --- experiment tracking (what the dashboard shows) ---------------------------------------
+
+    def tracked_runs(self, sort: str | None = None, query: str = "") -> dict[str, Any]:
+        """The runs table: ``{"runs": [...], "columns", "sort", "monitor", ...}``; each run with
+        its status as the server sees it (``lost`` included) and its metric summaries."""
+        params = {k: v for k, v in (("sort", sort), ("q", query)) if v}
+        return self.client.json("GET", "tracking", "runs", params=params, what="listing runs")
+
+    def tracked_run(self, run_id: str) -> dict[str, Any]:
+        """One run: record fields, status, metric summaries, checkpoints."""
+        return self.client.json("GET", "tracking", "runs", run_id, what=f"run {run_id}")
+
+    def chart(self, run_id: str, key: str, buckets: int) -> dict[str, Any]:
+        """Metric ``key`` of a run in at most ``buckets`` buckets (``x``, ``last``, ...)."""
+        params = {"key": key, "n": max(1, min(2000, buckets))}
+        body = self.client.json("GET", "runs", run_id, "chart", params=params, what=f"run {run_id}")
+        return body["series"][0] if body["series"] else {}
+
+    def points(self, run_id: str, key: str) -> Iterator[dict[str, Any]]:
+        """Every stored point ``{"step", "t", "value", "seq"}`` of metric ``key``, in order."""
+        after = None
+        while True:
+            params = {"key": key, **({"after": after} if after else {})}
+            page = self.client.json(
+                "GET", "runs", run_id, "points", params=params, what=f"run {run_id}"
+            )
+            yield from page["points"]
+            if page["next"] is None:
+                return
+            after = ",".join(str(p) for p in page["next"])
+
+    def run_log(self, run_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
+        """The run's messages ``{"t", "text"}`` in time order."""
+        params = {"limit": limit}
+        return self.client.json("GET", "runs", run_id, "log", params=params, what=f"run {run_id}")[
+            "lines"
         ]
 
 

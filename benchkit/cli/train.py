@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -162,27 +163,66 @@ def _warn(warnings: list[str]) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
 
 
+def _tracking(store: Any) -> Any:
+    """The server's tracking API when the store is a Bench server (metrics live in its
+    database there, not in metric part objects), else None."""
+    catalog = store.catalog()
+    return catalog if catalog is not None and hasattr(catalog, "tracked_runs") else None
+
+
 def cmd_runs_list(args: Any) -> int:
     from benchkit.training import runs
 
     store = _store(args)
+    tracking = _tracking(store)
+    if tracking is not None:
+        return _print_runs(args, _server_rows(tracking))
     records, warnings = runs.read_records(store)
     _warn(warnings)
-    rows, out = [], []
+    listed = []
     for rec in records:
-        status = runs.shown_status(store, rec)
         # an ended run carries its last values; a running (or killed) one is read from its metrics
         last = (
             rec.last
             if rec.status != runs.RUNNING and rec.last
             else runs.last_values(runs.read_events(store, rec.id))
         )
+        listed.append((rec, runs.shown_status(store, rec), last, rec.duration()))
+    return _print_runs(args, listed)
+
+
+def _server_rows(tracking: Any) -> list[tuple[Any, str, dict[str, Any], float | None]]:
+    """``(record, status, last values, duration)`` per run as the server shows them (the same
+    status, ``lost`` included, and values as the dashboard), oldest first."""
+    from benchkit.training import runs
+
+    records = {r["id"]: r for r in tracking.runs()}
+    out = []
+    for view in sorted(tracking.tracked_runs()["runs"], key=lambda v: v["id"]):
+        rec = runs.RunRecord.from_json(
+            records.get(view["id"], {"id": view["id"], "name": view["name"]})
+        )
+        last = {k: s["last"] for k, s in view["summaries"].items()}
+        out.append((rec, view["status"], last, view["duration"]))
+    return out
+
+
+def _print_runs(args: Any, listed: list[tuple[Any, str, dict[str, Any], float | None]]) -> int:
+    from benchkit.training import runs
+
+    rows, out = [], []
+    for rec, status, last, duration in listed:
         out.append({**rec.to_json(), "short_id": runs.short_id(rec.id), "status": status,
-                    "recorded_status": rec.status, "duration": rec.duration(), "last": last})  # fmt: skip
-        metrics = " ".join(f"{k}={_fmt(v)}" for k, v in list(last.items())[:4])
+                    "recorded_status": rec.status, "duration": duration, "last": last})  # fmt: skip
+        best = ""
+        if rec.monitor and isinstance(last.get(rec.monitor), (int, float)):
+            best = f"{rec.monitor}={_fmt(last[rec.monitor])} "
+        metrics = best + " ".join(
+            f"{k}={_fmt(v)}" for k, v in list(last.items())[:4] if k != rec.monitor
+        )
         rows.append([
             runs.short_id(rec.id), rec.name, _styled(status) + ("*" if rec.unsent else ""),
-            _started(rec), _duration(rec.duration()), metrics,
+            _started(rec), _duration(duration), metrics,
         ])  # fmt: skip
     if getattr(args, "json", False):
         print_json(out)
@@ -193,7 +233,7 @@ def cmd_runs_list(args: Any) -> int:
         rows,
         no_wrap=("id", "status", "started (UTC)", "duration"),
     )
-    if any(rec.unsent for rec in records):
+    if any(rec.unsent for rec, *_ in listed):
         console.print("[dim]* some metrics are not in the store yet: `benchkit runs show ID`[/dim]")
     return 0
 
@@ -221,6 +261,41 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / (hi - lo) * len(SPARK)))] for v in nums)
 
 
+@dataclass
+class _Metric:
+    """One metric of a run as ``runs show`` prints it."""
+
+    key: str
+    last: Any
+    min: Any
+    max: Any
+    points: int
+    steps: str
+    #: finite values over the steps, for the sparkline
+    values: list[float]
+
+
+def _local_metrics(series: dict[str, list[tuple[int, Any]]]) -> list[_Metric]:
+    out = []
+    for k, pts in series.items():
+        vals = [v for _, v in pts if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v)]  # fmt: skip
+        out.append(_Metric(k, pts[-1][1], min(vals) if vals else None, max(vals) if vals else None,
+                           len(pts), f"{pts[0][0]}–{pts[-1][0]}", vals))  # fmt: skip
+    return out
+
+
+def _server_metrics(tracking: Any, run_id: str, summaries: dict, width: int) -> list[_Metric]:
+    """From the server's summaries; the sparkline from its buckets (the last value of each)."""
+    out = []
+    for k, s in summaries.items():
+        chart = tracking.chart(run_id, k, width)
+        vals = [v for v in chart.get("last", []) if isinstance(v, (int, float))]
+        out.append(_Metric(k, s["last"], s["min"], s["max"], s["count"],
+                           f"{s['first_step']}–{s['max_step']}", vals))  # fmt: skip
+    return out
+
+
 def cmd_runs_show(args: Any) -> int:
     from rich.table import Table
 
@@ -228,14 +303,28 @@ def cmd_runs_show(args: Any) -> int:
 
     store = _store(args)
     rec = runs.load_record(store, runs.resolve_run(store, args.run))
-    events = runs.read_events(store, rec.id)
-    series = runs.metric_series(events)
-    status = runs.shown_status(store, rec)
+    tracking = _tracking(store)
+    width = max(10, min(80, console.width - 24))
+    if tracking is not None:  # metrics and status as the server (and its dashboard) has them
+        view = tracking.tracked_run(rec.id)
+        status = view["status"]
+        metrics = _server_metrics(tracking, rec.id, view["summaries"], width)
+        messages = [line["text"] for line in tracking.run_log(rec.id)]
+        points = lambda k: [  # noqa: E731
+            {"step": p["step"], "value": p["value"]} for p in tracking.points(rec.id, k)
+        ]
+    else:
+        events = runs.read_events(store, rec.id)
+        series = runs.metric_series(events)
+        status = runs.shown_status(store, rec)
+        metrics = _local_metrics(series)
+        messages = [e["message"] for e in events if "message" in e]
+        points = lambda k: [{"step": s, "value": v} for s, v in series[k]]  # noqa: E731
     if args.json:
         print_json({**rec.to_json(), "short_id": runs.short_id(rec.id), "status": status,
                     "recorded_status": rec.status, "duration": rec.duration(),
-                    "metrics": {k: [{"step": s, "value": v} for s, v in pts] for k, pts in series.items()},
-                    "messages": [e for e in events if "message" in e]})  # fmt: skip
+                    "metrics": {m.key: points(m.key) for m in metrics},
+                    "messages": [{"message": m} for m in messages]})  # fmt: skip
         return 0
     console.print(f"[bold]{rec.id}[/bold] (short id {runs.short_id(rec.id)})  name [bold]{rec.name}[/bold]  "
                   f"status {_styled(status)}  started {rec.started}  duration {_duration(rec.duration())}  "
@@ -260,6 +349,10 @@ def cmd_runs_show(args: Any) -> int:
                 + (" (dirty)" if rec.git.get("dirty") else "")
             )
         console.print(", ".join(code), highlight=False)  # fmt: skip
+    if rec.monitor:
+        console.print(f"criterion: {rec.monitor} ({rec.mode})"
+                      + (f", best checkpoint {rec.best_checkpoint}" if rec.best_checkpoint else ""),
+                      highlight=False)  # fmt: skip
     if rec.unsent:
         console.print(f"[yellow]{rec.unsent.get('records')} metric record(s) are not in the store yet[/yellow] "
                       f"(kept in {rec.unsent.get('journal')} on {rec.unsent.get('host')}); there, run: "
@@ -274,20 +367,18 @@ def cmd_runs_show(args: Any) -> int:
     for k, v in sorted(rec.config.items()):
         cfg.add_row(k, _fmt(v))
     console.print(cfg)
-    if series:
+    if metrics:
         t = Table(title="metrics", header_style="bold")
         for col in ("metric", "last", "min", "max", "points", "steps"):
             t.add_column(col)
         charts = []
-        label = max(len(k) for k in series)
+        label = max(len(m.key) for m in metrics)
         width = max(10, min(80, console.width - label - 4))
-        for k, pts in series.items():
-            vals = [v for _, v in pts if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and math.isfinite(v)]  # fmt: skip
-            t.add_row(k, _fmt(pts[-1][1]), _fmt(min(vals)) if vals else "", _fmt(max(vals)) if vals else "",
-                      str(len(pts)), f"{pts[0][0]}–{pts[-1][0]}")  # fmt: skip
-            if len(vals) > 1:
-                charts.append(f"{k:>{label}}  [cyan]{sparkline(vals, width)}[/cyan]")
+        for m in metrics:
+            t.add_row(m.key, _fmt(m.last), "" if m.min is None else _fmt(m.min),
+                      "" if m.max is None else _fmt(m.max), str(m.points), m.steps)  # fmt: skip
+            if len(m.values) > 1:
+                charts.append(f"{m.key:>{label}}  [cyan]{sparkline(m.values, width)}[/cyan]")
         console.print(t)
         if charts:
             console.print("[bold]over steps[/bold] (low ▁ to high █, each metric on its own scale)")
@@ -297,9 +388,8 @@ def cmd_runs_show(args: Any) -> int:
         console.print("[dim]no metrics logged[/dim]")
     if rec.checkpoints:
         console.print("checkpoints: " + ", ".join(c["name"] for c in rec.checkpoints))
-    messages = [e for e in events if "message" in e]
-    for e in messages[-10:]:
-        console.print(f"[dim]message:[/dim] {e['message']}", highlight=False)
+    for text in messages[-10:]:
+        console.print(f"[dim]message:[/dim] {text}", highlight=False)
     if rec.traceback:
         console.print("[red]traceback:[/red]")
         console.print(rec.traceback, highlight=False, markup=False)

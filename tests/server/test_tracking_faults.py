@@ -144,3 +144,27 @@ def test_a_killed_training_process_shows_as_lost_not_running_forever(fault_serve
         f"{fault_server.url}/api/v1/tracking/runs", headers=headers(project.key), timeout=60
     ).json()
     assert [r["status"] for r in table["runs"] if r["id"] == rid] == ["lost"]
+
+
+def test_runs_list_and_show_read_the_same_server_data_as_the_browser(fault_server, setup):
+    import json
+
+    project, path, signals, start, run = setup
+    done = run("run", str(path), "--cpu", "--run-id", "cli-run", "--config", "points=120")
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = run("runs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    view = requests.get(
+        f"{fault_server.url}/api/v1/tracking/runs/cli-run", headers=headers(project.key), timeout=60
+    ).json()
+    assert rows["cli-run"]["status"] == view["status"] == "finished"
+    assert rows["cli-run"]["last"] == {k: s["last"] for k, s in view["summaries"].items()}
+    assert rows["cli-run"]["last"]["x"] == 119.0
+    shown = run("runs", "show", "cli-run", "--json")
+    assert shown.returncode == 0, shown.stderr
+    metrics = json.loads(shown.stdout)["metrics"]
+    assert [p["value"] for p in metrics["x"]] == expected_points(120)["x"]
+    assert [p["value"] for p in metrics["odd"]] == expected_points(120)["odd"]
+    text = run("runs", "show", "cli-run")
+    assert text.returncode == 0 and "x" in text.stdout and "120" in text.stdout, text.stdout
