@@ -17,7 +17,10 @@ on 127.0.0.1, a fresh data directory; PostgreSQL in a temporary cluster) and mea
   a 10% zoom, and a zoom on 2,000 steps (raw points), median and 95th percentile of 20;
 - **runs page**: ``--runs`` runs (each a ``run.json`` and 3 metrics of 20 steps), then the
   dashboard's runs table ``GET /runs`` (HTML, every hyperparameter and metric a column) and the
-  JSON table ``GET /api/v1/tracking/runs``, median of 5.
+  JSON table ``GET /api/v1/tracking/runs``, median of 5;
+- **log() cost**: ``BenchTracker.log`` of three floats, per call, with the server as the store
+  and with a local directory store (``--log-calls`` calls each, the median of 5 rounds), and
+  how long ``finish()`` then takes to have everything in the store (SQLite run only).
 
 Writes ``benchmarks/_work/tracking.json`` and prints a table (for docs/BENCHMARKS.md).
 """
@@ -210,6 +213,34 @@ def runs_page(server: Server, n_runs: int) -> dict:
     }
 
 
+def log_cost(server: Server, calls: int, work: Path) -> dict:
+    """Per-call cost of ``BenchTracker.log`` with the server as the store and with a local one."""
+    os.environ["BENCHKIT_API_KEY"] = server.key
+    os.environ.setdefault("BENCHKIT_HOME", tempfile.mkdtemp(prefix="home-", dir=work))
+    from benchkit.training.tracker import BenchTracker
+
+    out = {}
+    for label, store in (("server", server.url), ("local", str(work / "local-store"))):
+        rounds, finish = [], []
+        for r in range(5):
+            tracker = BenchTracker(f"cost-{label}-{r}", store=store)
+            tracker.start()
+            t0 = time.perf_counter()
+            for i in range(calls):
+                tracker.log({"loss": 0.5, "acc": 0.25, "lr": 1e-3}, step=i)
+            rounds.append((time.perf_counter() - t0) / calls * 1e6)
+            t0 = time.perf_counter()
+            tracker.finish()
+            finish.append(time.perf_counter() - t0)
+            assert tracker.unsent is None, tracker.unsent
+        out[label] = {
+            "us_per_call": round(statistics.median(rounds), 2),
+            "finish_s": round(statistics.median(finish), 2),
+            "calls": calls,
+        }
+    return out
+
+
 def bench_db(kind: str, args, work: Path) -> dict:
     pg = None
     db = None
@@ -243,6 +274,9 @@ def bench_db(kind: str, args, work: Path) -> dict:
         print(f"[{kind}] chart: {out['chart']}", flush=True)
         out["runs_page"] = runs_page(server, args.runs)
         print(f"[{kind}] runs page: {out['runs_page']}", flush=True)
+        if kind == "sqlite" and args.log_calls:
+            out["log_cost"] = log_cost(server, args.log_calls, work)
+            print(f"[{kind}] log() cost: {out['log_cost']}", flush=True)
         return out
     finally:
         server.stop()
@@ -259,6 +293,7 @@ def main() -> int:
         "--points", type=int, default=2_000_000, help="points of the ingest run (two metrics)"
     )
     p.add_argument("--runs", type=int, default=1000, help="runs for the runs page")
+    p.add_argument("--log-calls", type=int, default=100_000, help="log() calls per round (0: skip)")
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]

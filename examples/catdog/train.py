@@ -89,7 +89,11 @@ class Net(torch.nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-@bench.train(config={"epochs": 3, "batch_size": 32, "lr": 3e-3, "workers": 2, "width": 16})
+@bench.train(
+    config={"epochs": 3, "batch_size": 32, "lr": 3e-3, "workers": 2, "width": 16},
+    monitor="val_accuracy",
+    mode="max",
+)
 def train(run: bench.Run) -> float:
     """Train on "train", report validation accuracy on "val" after every epoch."""
     train_loader = run.loader("train", shuffle=True, num_workers=run.config.workers)
