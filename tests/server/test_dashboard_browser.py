@@ -140,3 +140,30 @@ def test_xss_payloads_stay_text_in_the_browser(browser, sqlite_server, runs):
     titles = [h.text for h in d.find_elements(By.CSS_SELECTOR, "#charts h3")]
     assert titles == ['"><svg onload="window.__xss=3">']
     browser.assert_clean()
+
+
+def test_a_running_run_updates_live_in_the_table_and_its_charts(browser, sqlite_server, runs):
+    from trackkit import ingest, put_record, record
+
+    d = browser.driver
+    put_record(sqlite_server, runs.key, record("live", "live run", {"lr": 0.5}, status="running"))
+    assert ingest(
+        sqlite_server, runs.key, "live", [{"t": 1.0, "step": 0, "values": {"loss": 9.0}}]
+    ).ok
+    browser.get(sqlite_server.url + "/signin")
+    d.find_element(By.ID, "api_key").send_keys(runs.key)
+    d.find_element(By.ID, "signin-key").click()
+    browser.wait_for("document.querySelector('#project-name') !== null")
+    browser.get(sqlite_server.url + "/runs")
+    cell = 'document.querySelector(\'tr[data-run="live"] td[data-col="metric.loss"]\').textContent'
+    assert browser.run_js(f"return {cell}") == "9"
+    recs = [{"t": 2.0, "step": 1, "values": {"loss": 4.5}}]
+    assert ingest(sqlite_server, runs.key, "live", recs, first_seq=2).ok
+    browser.wait_for(f"{cell} === '4.5'", timeout=30)  # the table's poll picked it up
+    browser.get(sqlite_server.url + "/runs/live")
+    browser.wait_for("document.body.dataset.chartsReady === '1'")
+    assert browser.run_js("return window.__charts[0].series[0].points") == 2
+    recs = [{"t": 3.0 + i, "step": 2 + i, "values": {"loss": 1.0}} for i in range(3)]
+    assert ingest(sqlite_server, runs.key, "live", recs, first_seq=3).ok
+    browser.wait_for("window.__charts[0].series[0].points === 5", timeout=30)
+    browser.assert_clean()

@@ -508,6 +508,20 @@ def chart_data(
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
+@router.get("/ui/data/table")
+def table_data(
+    request: Request,
+    services: ServicesDep,
+    sort: Annotated[str | None, Query(max_length=300)] = None,
+    order: Annotated[str | None, Query(pattern="^(asc|desc)$")] = None,
+    q: Annotated[str, Query(max_length=1000)] = "",
+) -> JSONResponse:
+    """The runs table as the runs page shows it (its script refreshes running runs)."""
+    v = _data_viewer(request, services)
+    table = services.tracking.table(v.project_id, sort, order, q, strict=False)
+    return JSONResponse(table.to_json(), headers={"Cache-Control": "no-store"})
+
+
 @router.get("/ui/data/runs/{run_id}")
 def run_data(
     run_id: RunId,

@@ -123,7 +123,24 @@
     if (data.runs.some((r) => r.status === "running")) setTimeout(poll, POLL_MS);
   }
 
-  function runsPage() {
+  const LIVE_COLUMNS = /^(status|duration|best|metric\..*)$/;
+
+  function updateRow(row, cells) {
+    for (const [col, v] of Object.entries(cells)) {
+      if (!LIVE_COLUMNS.test(col)) continue;
+      const cell = row.querySelector(`td[data-col="${CSS.escape(col)}"]`);
+      if (!cell) continue;
+      if (col === "status") {
+        const badge = cell.querySelector(".status");
+        badge.textContent = v;
+        badge.dataset.status = v;
+      } else {
+        cell.textContent = BenchCharts.fmtNumber(v);
+      }
+    }
+  }
+
+  function runsPage(data) {
     // "compare" needs two runs or more; the rest of the table is plain HTML
     const form = document.getElementById("compare-form");
     if (!form) return;
@@ -135,6 +152,27 @@
     };
     form.addEventListener("change", update);
     update();
+    // while a run is running, its status and metrics are kept up to date
+    const running = () => document.querySelector("#runs-table .status[data-status=running]");
+    const poll = async () => {
+      if (!running()) return;
+      const resp = await fetch(`${data.tableUrl}?${new URLSearchParams(data.query)}`, { credentials: "same-origin" });
+      if (resp.ok) {
+        const table = await resp.json();
+        let fresh = 0;
+        for (const run of table.runs) {
+          const row = document.querySelector(`#runs-table tr[data-run="${CSS.escape(run.id)}"]`);
+          if (row) updateRow(row, run.cells);
+          else fresh++;
+        }
+        const news = document.getElementById("runs-news");
+        news.hidden = fresh === 0;
+        news.textContent = `${fresh} new run(s) since this page was loaded: reload to see them`;
+        document.body.dataset.tableUpdates = String(Number(document.body.dataset.tableUpdates || 0) + 1);
+      }
+      setTimeout(poll, POLL_MS);
+    };
+    setTimeout(poll, POLL_MS);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -142,6 +180,6 @@
     const data = pageData();
     if (page === "run") runPage(data);
     else if (page === "compare") comparePage(data);
-    else if (page === "runs") runsPage();
+    else if (page === "runs") runsPage(data);
   });
 })();
