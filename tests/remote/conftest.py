@@ -85,6 +85,59 @@ def _assert_loopback_only(pids: set[int]) -> None:
     assert not bad, "Ray sockets off loopback:\n" + "\n".join(bad)
 
 
+def _wait_for_job_agent(head: RayHead, agent_port: int, proc: subprocess.Popen) -> None:
+    """Wait until the head can hand a job to its dashboard agent, by polling the REST API.
+
+    ``GET /api/jobs/`` answers as soon as the head's dashboard is up, but a job is submitted
+    through the node's dashboard agent, which registers itself in the GCS a little later (and
+    much later on a loaded machine): a submit before that fails with "No available agent to
+    submit job". So: poll the agent's health endpoint, then submit a trivial probe job until
+    the head takes it (each refused submit is the head having waited for the agent in vain),
+    and wait for the probe to succeed, which also proves the runtime-env agent works. The
+    probe is deleted, so the tests see a head with no jobs."""
+    agent = f"http://127.0.0.1:{agent_port}/api/healthz"
+
+    def agent_answers():
+        if proc.poll() is not None:
+            pytest.fail(
+                f"ray start exited with {proc.returncode}; see {head.temp_dir / 'head.log'}"
+            )
+        try:
+            return requests.get(agent, timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(agent_answers, 120, "the Ray dashboard agent's health endpoint", interval=0.5)
+    probe = f"fixture-probe-{secrets.token_hex(3)}"
+    body = {"submission_id": probe, "entrypoint": f"{sys.executable} -c pass",
+            "entrypoint_num_cpus": 0, "metadata": {"benchkit_server": "ray-fixture"}}  # fmt: skip
+    refused: list[str] = []
+
+    def submitted():
+        r = requests.get(f"{head.address}/api/jobs/{probe}", headers=head.headers, timeout=10)
+        if r.status_code == 200:  # taken (perhaps by a post whose answer was an error)
+            return True
+        r = requests.post(f"{head.address}/api/jobs/", json=body, headers=head.headers, timeout=60)
+        if r.status_code == 200:
+            return True
+        refused.append(f"HTTP {r.status_code}: {r.text[:300]}")
+        return False
+
+    try:
+        wait_for(submitted, 180, "the Ray head to take a job (its job agent)", interval=1.0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last answers: {refused[-3:]}") from None
+
+    def probe_ended():
+        r = requests.get(f"{head.address}/api/jobs/{probe}", headers=head.headers, timeout=10)
+        status = r.json().get("status") if r.status_code == 200 else None
+        return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    status = wait_for(probe_ended, 180, "the Ray probe job to end", interval=0.5)
+    assert status == "SUCCEEDED", f"the probe job {status}; see {head.temp_dir}"
+    requests.delete(f"{head.address}/api/jobs/{probe}", headers=head.headers, timeout=10)
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory) -> RayHead:
     """A real Ray head for the session: 2 CPUs, 200 MB object store, a token, every one of its
@@ -136,6 +189,7 @@ def ray_head(tmp_path_factory) -> RayHead:
 
         wait_for(jobs_api_answers, 120, "the Ray Jobs API", interval=0.5)
         assert requests.get(f"{head.address}/api/jobs/", timeout=5).status_code == 401
+        _wait_for_job_agent(head, ports[2], proc)
         _assert_loopback_only(_ray_pids(temp_dir, proc.pid))
         yield head
     finally:
