@@ -299,6 +299,7 @@ def _server_metrics(tracking: Any, run_id: str, summaries: dict, width: int) -> 
 def cmd_runs_show(args: Any) -> int:
     from rich.table import Table
 
+    from benchkit.training import checkpoints as ckpt
     from benchkit.training import runs
 
     store = _store(args)
@@ -321,7 +322,10 @@ def cmd_runs_show(args: Any) -> int:
         messages = [e["message"] for e in events if "message" in e]
         points = lambda k: [{"step": s, "value": v} for s, v in series[k]]  # noqa: E731
     if args.json:
-        print_json({**rec.to_json(), "short_id": runs.short_id(rec.id), "status": status,
+        # epochs count from 1 here too, as in `checkpoints list` and the names (epoch-0001)
+        shown = [{**c, "epoch": ckpt.shown_epoch(c.get("epoch"))} for c in rec.checkpoints]
+        print_json({**rec.to_json(), "checkpoints": shown, "short_id": runs.short_id(rec.id),
+                    "status": status,
                     "recorded_status": rec.status, "duration": rec.duration(),
                     "metrics": {m.key: points(m.key) for m in metrics},
                     "messages": [{"message": m} for m in messages]})  # fmt: skip

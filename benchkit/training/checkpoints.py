@@ -69,7 +69,12 @@ class CheckpointInfo:
     @property
     def shown_epoch(self) -> int | None:
         """The epoch as users count it (from 1, as in ``epoch-0001``); None outside epochs."""
-        return None if self.epoch is None else self.epoch + 1
+        return shown_epoch(self.epoch)
+
+
+def shown_epoch(epoch: int | None) -> int | None:
+    """A stored (0-based) epoch as every listing shows it: from 1, as in ``epoch-0001``."""
+    return None if epoch is None else epoch + 1
 
 
 def check_name(name: str) -> str:

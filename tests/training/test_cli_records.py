@@ -129,6 +129,10 @@ def test_checkpoint_epochs_agree_between_table_and_json(cli, two_runs):
     code, out, _ = cli("checkpoints", "list", "--run", a)
     table = [line for line in out.splitlines() if "epoch-000" in line]
     assert [line.split("│")[4].strip() for line in table] == ["1", "2"]
+    code, out, _ = cli("runs", "show", a, "--json")  # the run's own listing counts the same way
+    assert [(c["name"], c["epoch"]) for c in json.loads(out)["checkpoints"]] == [
+        ("epoch-0001", 1), ("epoch-0002", 2),
+    ]  # fmt: skip
 
 
 def test_runs_table_fits_80_columns_with_whole_short_ids(cli, two_runs, monkeypatch):
