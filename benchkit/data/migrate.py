@@ -164,11 +164,19 @@ def declaration_fingerprint(decl: Any) -> str:
     try:
         for _ in _fingerprinted(decl.samples, into):
             pass
-    except BenchKitError as e:
-        raise DataError(f"dataset '{decl.name}': {e}") from e
+    except BenchKitError as e:  # keeps its type: an unreachable store is not a data error
+        raise _with_context(e, f"dataset '{decl.name}'") from e
     except Exception as e:
         raise DataError(f"dataset '{decl.name}': {type(e).__name__}: {e}") from e
     return into["fingerprint"]
+
+
+def _with_context(e: BenchKitError, where: str) -> BenchKitError:
+    """``e`` again, of the same type, its message prefixed with ``where``."""
+    try:
+        return type(e)(f"{where}: {e}")
+    except TypeError:  # a subclass with its own constructor: keep the original as it is
+        return e
 
 
 # --- testing -------------------------------------------------------------------------------------

@@ -84,3 +84,22 @@ def test_a_dataset_migrated_without_a_fingerprint_is_not_called_stale(project, c
     (project / "n.txt").write_text("11")
     code, err = run(capsys, "run", "train.py", "--cpu", "--strict")
     assert code == 0 and "no longer matches" not in err
+
+
+def test_an_unreachable_store_read_by_a_declaration_stays_a_connection_error(monkeypatch):
+    """Checking a declaration that reads from a store nobody answers on says so, as the
+    store's error (retried, reported as such), not as a problem with the data."""
+    import benchkit as bench
+    from benchkit.data.migrate import declaration_fingerprint
+    from benchkit.errors import StoreConnectionError
+    from benchkit.store import open_store
+
+    monkeypatch.setenv("BENCHKIT_S3_RETRIES", "0")
+    dead = "s3://far-bucket/p?endpoint=http://127.0.0.1:9&region=us-east-1"  # port 9: discard
+
+    @bench.dataset("far")
+    def far():
+        yield open_store(dead).get("labels.txt"), 0
+
+    with pytest.raises(StoreConnectionError, match="dataset 'far': cannot reach store"):
+        declaration_fingerprint(far)
