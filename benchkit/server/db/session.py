@@ -5,6 +5,10 @@ transactions fail at once, not after the timeout, when a reader tries to become 
 another connection writes, so every transaction that may write is opened with
 ``BEGIN IMMEDIATE`` (:meth:`Database.write`); read-only work uses :meth:`Database.read`.
 PostgreSQL needs neither: both are plain transactions there.
+
+:meth:`Database.query_one` is the one exception to going through a session: a single
+parameterised SELECT on a pooled driver connection, for the lookup every request makes (the
+API key), where the ORM's per-query work costs more than the query itself.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Database:
             else self.engine
         )
         self._write = sessionmaker(writer, expire_on_commit=False)
+        self._paramstyle = self.engine.dialect.paramstyle
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -93,6 +98,22 @@ class Database:
         """A transaction that commits when the block ends without an exception."""
         with self._write() as session, session.begin():
             yield session
+
+    def query_one(self, sql: str, *params: Any) -> tuple | None:
+        """The first row of one read-only SELECT written with ``?`` placeholders (rewritten for
+        the driver), on a pooled connection without ORM or transaction events."""
+        if self._paramstyle != "qmark":
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        conn = self.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql, params)
+                return cur.fetchone()
+            finally:
+                cur.close()
+        finally:
+            conn.close()  # back to the pool, which ends the driver's transaction
 
     def upsert(
         self, session: Session, model: Any, row: dict[str, Any], update: bool = True

@@ -19,8 +19,9 @@ import os
 import re
 import secrets
 import stat
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -28,7 +29,13 @@ from sqlalchemy import select
 from benchkit.errors import ConfigError
 from benchkit.server.db.models import ApiKey, Project, utcnow
 from benchkit.server.db.session import Database
-from benchkit.server.services.errors import BadRequest, Conflict, NotFound, Unauthorized
+from benchkit.server.services.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +44,9 @@ WRITE = "write"
 SCOPES = (READ, WRITE)
 KEY_RE = re.compile(r"^bk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 PROJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-#: ``last_used_at`` is written at most this often per key (a write per request would
-#: serialise every request on SQLite)
-LAST_USED_EVERY = timedelta(seconds=60)
+#: ``last_used_at`` is written at most this often per key and server process (a write per
+#: request would serialise every request on SQLite)
+LAST_USED_EVERY_S = 60.0
 _DUMMY = "0" * 64
 
 
@@ -125,6 +132,8 @@ class Keys:
     def __init__(self, db: Database, pepper: bytes) -> None:
         self.db = db
         self._pepper = pepper
+        #: when this process last wrote each key's ``last_used_at`` (monotonic seconds)
+        self._touched: dict[str, float] = {}
 
     def _digest(self, key_id: str, secret: str) -> str:
         return hmac.new(self._pepper, f"{key_id}:{secret}".encode(), hashlib.sha256).hexdigest()
@@ -207,23 +216,25 @@ class Keys:
         log.info("revoked key %s of project %s", info.id, info.project_id)
         return info
 
-    def authenticate(self, token: str | None) -> Principal:
+    def authenticate(self, token: str | None, write: bool = False) -> Principal:
         """The principal of a bearer token, or :class:`Unauthorized` (never says which part
-        was wrong, and never logs the token)."""
+        was wrong, and never logs the token); with ``write``, :class:`Forbidden` for a
+        read-only key. One indexed query (key and project together) per call, so a revoked
+        key fails on its next request."""
         m = KEY_RE.match(token or "")
         key_id, secret = (m.group(1), m.group(2)) if m else ("", "")
-        with self.db.read() as s:
-            row = s.get(ApiKey, key_id) if key_id else None
-            expected = row.digest if row is not None else _DUMMY
-            ok = hmac.compare_digest(self._digest(key_id, secret), expected)
-            if not ok or row is None or row.revoked_at is not None:
-                log.warning("rejected an API key (key id %s)", key_id or "malformed")
-                raise Unauthorized("invalid or revoked API key")
-            project = s.get(Project, row.project_id)
-            assert project is not None
-            principal = Principal(project.id, project.name, row.id, row.scope)
-            stale = row.last_used_at is None or utcnow() - row.last_used_at > LAST_USED_EVERY
-        if stale:
+        row = self.db.query_one(_AUTH_SQL, key_id) if key_id else None
+        expected = row[0] if row is not None else _DUMMY
+        ok = hmac.compare_digest(self._digest(key_id, secret), expected)
+        if not ok or row is None or row[2]:
+            log.warning("rejected an API key (key id %s)", key_id or "malformed")
+            raise Unauthorized("invalid or revoked API key")
+        principal = Principal(row[3], row[4], key_id, row[1])
+        if write and not principal.can_write:
+            raise Forbidden("this API key is read-only")
+        now, last = time.monotonic(), self._touched.get(key_id)
+        if last is None or now - last > LAST_USED_EVERY_S:
+            self._touched[key_id] = now
             self._touch(key_id)
         return principal
 
@@ -232,3 +243,10 @@ class Keys:
             row = s.get(ApiKey, key_id)
             if row is not None:
                 row.last_used_at = utcnow()
+
+
+#: the key's digest, scope, whether it is revoked, and its project's id and name
+_AUTH_SQL = (
+    "SELECT k.digest, k.scope, k.revoked_at IS NOT NULL, p.id, p.name "
+    "FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.id = ?"
+)
