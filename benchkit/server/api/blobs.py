@@ -9,8 +9,18 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from benchkit.server.api.body import RAW_BODY, ClientDisconnect, content_length, drain, parse_range
-from benchkit.server.api.deps import API, Reader, ServicesDep, Writer
+from benchkit.server.api.body import (
+    RAW_BODY,
+    SMALL_BODY,
+    SMALL_OBJECT,
+    ClientDisconnect,
+    content_length,
+    drain,
+    parse_range,
+    stream,
+)
+from benchkit.server.api.deps import API, ServicesDep, Token
+from benchkit.server.services.blobs import Sink
 
 router = APIRouter(prefix=API, tags=["blobs"])
 
@@ -44,17 +54,30 @@ class DeletedCount(BaseModel):
 async def put_blob(
     key: str,
     request: Request,
-    principal: Writer,
+    token: Token,
     services: ServicesDep,
     x_content_sha256: Annotated[str | None, Header(description="SHA-256 of the body, hex")] = None,
 ) -> Stored | Response:
     """Store the body under ``key``; it becomes visible only if it hashes to the declared
     SHA-256 (a replaced object is swapped atomically)."""
-    blobs = services.blobs
+    blobs, keys, sha = services.blobs, services.keys, x_content_sha256
     length = content_length(request)
-    sink = await to_thread.run_sync(
-        blobs.begin_put, principal.project_id, key, x_content_sha256, length
-    )
+    if length is not None and length <= SMALL_BODY:
+        # the key is checked before a byte of the body is read (an unknown caller costs no
+        # memory), then the body (at most SMALL_BODY) is stored in one worker-thread call
+        project_id = (await to_thread.run_sync(keys.authenticate, token, True)).project_id
+        try:
+            body = await request.body()  # the parser stops at Content-Length
+        except ClientDisconnect:
+            return Response(status_code=400)
+        size = await to_thread.run_sync(blobs.put_bytes, project_id, key, sha, body)
+        return Stored(key=key, size=size)
+
+    def begin() -> tuple[str, Sink]:
+        project_id = keys.authenticate(token, write=True).project_id
+        return project_id, blobs.begin_put(project_id, key, sha, length)
+
+    project_id, sink = await to_thread.run_sync(begin)
     try:
         await drain(request, sink.write)
     except ClientDisconnect:
@@ -63,9 +86,7 @@ async def put_blob(
     except BaseException:
         blobs.abort(sink)  # cancelled at shutdown, or over the size limit: nothing is kept
         raise
-    size = await to_thread.run_sync(
-        blobs.finish_put, principal.project_id, key, sink, x_content_sha256, length
-    )
+    size = await to_thread.run_sync(blobs.finish_put, project_id, key, sink, sha, length)
     return Stored(key=key, size=size)
 
 
@@ -85,15 +106,17 @@ def _object_headers(size: int) -> dict[str, str]:
 )
 def get_blob(
     key: str,
-    principal: Reader,
+    token: Token,
     services: ServicesDep,
     range: Annotated[str | None, Header(description="bytes=START-END (one range)")] = None,
 ) -> Response:
     """The object's bytes, or one range of them (``Range: bytes=a-b``)."""
-    plan = services.blobs.read(principal.project_id, key)
+    project_id = services.keys.authenticate(token).project_id
+    plan = services.blobs.read(project_id, key)
     headers = _object_headers(plan.size)
     wanted = parse_range(range, plan.size)
     if wanted is False:
+        plan.close()
         headers["Content-Range"] = f"bytes */{plan.size}"
         return Response(status_code=416, headers=headers)
     if wanted is None:
@@ -102,51 +125,56 @@ def get_blob(
         start, end = wanted
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
+    media = "application/octet-stream"
+    if end - start <= SMALL_OBJECT:
+        body = plan.read_all(start, end)
+        return Response(body, status_code=status, headers=headers, media_type=media)
     headers["Content-Length"] = str(end - start)
     return StreamingResponse(
-        plan.open(start, end),
-        status_code=status,
-        headers=headers,
-        media_type="application/octet-stream",
+        stream(plan, start, end), status_code=status, headers=headers, media_type=media
     )
 
 
 @router.head("/blobs/{key:path}")
-def head_blob(key: str, principal: Reader, services: ServicesDep) -> Response:
+def head_blob(key: str, token: Token, services: ServicesDep) -> Response:
     """The object's size (``Content-Length`` and ``X-Object-Size``); 404 when absent."""
-    size = services.blobs.stat(principal.project_id, key)
+    size = services.blobs.stat(services.keys.authenticate(token).project_id, key)
     headers = _object_headers(size)
     headers["Content-Length"] = str(size)
     return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
 
 @router.delete("/blobs/{key:path}", response_model=Deleted)
-def delete_blob(key: str, principal: Writer, services: ServicesDep) -> Deleted:
+def delete_blob(key: str, token: Token, services: ServicesDep) -> Deleted:
     """Delete one object; ``deleted`` is false when there was none."""
-    return Deleted(deleted=services.blobs.delete(principal.project_id, key))
+    project_id = services.keys.authenticate(token, write=True).project_id
+    return Deleted(deleted=services.blobs.delete(project_id, key))
 
 
 @router.get("/blobs", response_model=KeyPage)
 def list_blobs(
-    principal: Reader,
+    token: Token,
     services: ServicesDep,
     prefix: Prefix = "",
     after: Annotated[str, Query(description="the last key of the previous page")] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> KeyPage:
     """Keys starting with ``prefix``, sorted, one page at a time."""
-    keys, nxt = services.blobs.list(principal.project_id, prefix, after, limit)
+    project_id = services.keys.authenticate(token).project_id
+    keys, nxt = services.blobs.list(project_id, prefix, after, limit)
     return KeyPage(keys=keys, next=nxt)
 
 
 @router.delete("/blobs", response_model=DeletedCount)
-def delete_blobs(principal: Writer, services: ServicesDep, prefix: Prefix) -> DeletedCount:
+def delete_blobs(token: Token, services: ServicesDep, prefix: Prefix) -> DeletedCount:
     """Delete every object whose key starts with ``prefix`` (which may not be empty), and
     the unfinished uploads of keys under it."""
-    return DeletedCount(deleted=services.blobs.delete_prefix(principal.project_id, prefix))
+    project_id = services.keys.authenticate(token, write=True).project_id
+    return DeletedCount(deleted=services.blobs.delete_prefix(project_id, prefix))
 
 
 @router.get("/blob-dirs", response_model=Names)
-def list_dirs(principal: Reader, services: ServicesDep, prefix: Prefix = "") -> Names:
+def list_dirs(token: Token, services: ServicesDep, prefix: Prefix = "") -> Names:
     """The distinct next path segments below ``prefix``."""
-    return Names(names=services.blobs.list_dirs(principal.project_id, prefix))
+    project_id = services.keys.authenticate(token).project_id
+    return Names(names=services.blobs.list_dirs(project_id, prefix))

@@ -8,6 +8,7 @@ offset the server holds (``GET /uploads/{id}`` says which); ``POST /uploads/{id}
 from __future__ import annotations
 
 from datetime import datetime
+from threading import Lock
 from typing import Annotated
 
 from anyio import to_thread
@@ -16,8 +17,8 @@ from pydantic import BaseModel, Field
 
 from benchkit.server.api.blobs import Prefix, Stored
 from benchkit.server.api.body import RAW_BODY, ClientDisconnect, content_length, drain
-from benchkit.server.api.deps import API, Reader, ServicesDep, Writer
-from benchkit.server.services.blobs import UploadInfo
+from benchkit.server.api.deps import API, Reader, ServicesDep, Token, Writer
+from benchkit.server.services.blobs import Sink, UploadInfo
 
 router = APIRouter(prefix=API, tags=["uploads"])
 
@@ -74,16 +75,19 @@ def get_upload(upload_id: UploadId, principal: Reader, services: ServicesDep) ->
 async def put_part(
     upload_id: UploadId,
     request: Request,
-    principal: Writer,
+    token: Token,
     services: ServicesDep,
     offset: Annotated[int, Query(ge=0)],
 ) -> Upload | Response:
     """Write the body at ``offset`` (at most ``received``; 409 with ``received`` otherwise)."""
-    blobs = services.blobs
+    blobs, keys = services.blobs, services.keys
     length = content_length(request)
-    sink, lock = await to_thread.run_sync(
-        blobs.begin_part, principal.project_id, upload_id, offset, length
-    )
+
+    def begin() -> tuple[str, Sink, Lock]:
+        project_id = keys.authenticate(token, write=True).project_id
+        return project_id, *blobs.begin_part(project_id, upload_id, offset, length)
+
+    project_id, sink, lock = await to_thread.run_sync(begin)
     try:
         await drain(request, sink.write)
     except ClientDisconnect:
@@ -92,9 +96,7 @@ async def put_part(
     except BaseException:
         blobs.abort_part(sink, lock)
         raise
-    info = await to_thread.run_sync(
-        blobs.finish_part, principal.project_id, upload_id, sink, lock, length
-    )
+    info = await to_thread.run_sync(blobs.finish_part, project_id, upload_id, sink, lock, length)
     return _out(info)
 
 

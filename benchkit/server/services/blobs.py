@@ -6,10 +6,13 @@ Every key a client names is relative to its project and lands at
 
 A single PUT streams its body into a staging file while hashing it; only when the declared
 sha256 and length match does :meth:`Staging.commit` make it the object. Large objects use
-upload sessions: bytes arrive in order (each part at the offset the server reports), each
-part is fsynced before its offset is recorded, and completing checks the sha256 of the whole
-before committing. A part interrupted half way leaves the recorded offset where it was, so
-the client resumes from there. Memory per request is one buffer, whatever the object's size.
+upload sessions: bytes arrive in order (each part at the offset the server reports), and
+completing checks the sha256 of the whole, fsyncs it and only then commits. A part
+interrupted half way leaves the recorded offset where it was, so the client resumes from
+there. Parts are not fsynced one by one: a killed server's page cache survives it, and after
+a power cut the offset the client resumes from is never beyond the bytes the file still holds
+(a lost tail is sent again; bytes damaged anyway fail the final sha256, which discards the
+session and tells the client). Memory per request is a buffer or two, whatever the size.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -78,11 +81,31 @@ class UploadInfo:
 
 @dataclass(frozen=True)
 class ReadPlan:
-    """An object opened for reading: its size, and ``open(start, end)`` giving those bytes in
-    blocks (a local file is already open, so a replace meanwhile cannot mix two objects)."""
+    """An object opened for reading (a local file is already open, so a replace meanwhile
+    cannot mix two objects): its size, ``read(pos, n)`` for up to ``n`` bytes at ``pos`` (from
+    any thread), the block size worth reading at once, and ``close()``."""
 
     size: int
-    open: Callable[[int, int], Iterator[bytes]]
+    read: Callable[[int, int], bytes]
+    close: Callable[[], None] = lambda: None
+    block: int = READ_BLOCK
+
+    def open(self, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` in blocks; closes the object when done."""
+        try:
+            pos = start
+            while pos < end:
+                data = self.read(pos, min(self.block, end - pos))
+                if not data:
+                    break
+                pos += len(data)
+                yield data
+        finally:
+            self.close()
+
+    def read_all(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` at once (for small objects), then close."""
+        return b"".join(self.open(start, end))
 
 
 def _upload_info(u: Upload) -> UploadInfo:
@@ -112,9 +135,10 @@ class Sink:
         self._f.write(data)
         self.hash.update(data)
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = True) -> None:
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if durable:
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
         self._f.close()
@@ -192,6 +216,16 @@ class Blobs:
             self.staging.discard(sink.path)
         return sink.count
 
+    def put_bytes(self, project_id: str, key: str, sha256: str | None, data: bytes) -> int:
+        """A whole (small) body at once: checked, written, fsynced and made the object."""
+        sink = self.begin_put(project_id, key, sha256, len(data))
+        try:
+            sink.write(data)
+        except BaseException:
+            self.abort(sink)
+            raise
+        return self.finish_put(project_id, key, sink, sha256 or "", len(data))
+
     def abort(self, sink: Sink) -> None:
         sink.close()
         self.staging.discard(sink.path)
@@ -220,16 +254,17 @@ class Blobs:
             raise NotFound(f"no object {key!r}") from None
         if path is not None:
             try:
-                f = open(path, "rb")  # noqa: SIM115 - closed by the generator
-            except (FileNotFoundError, IsADirectoryError):
+                # a file object, not a bare descriptor: a response dropped before its first
+                # read still gets it closed (by the garbage collector)
+                f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by ReadPlan.close
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 raise NotFound(f"no object {key!r}") from None
-            return ReadPlan(os.fstat(f.fileno()).st_size, lambda a, b: _file_blocks(f, a, b))
+            fd = f.fileno()
+            return ReadPlan(os.fstat(fd).st_size, lambda a, n: os.pread(fd, n, a), f.close)
         size = self.stat(project_id, key)
-        return ReadPlan(size, lambda a, b: self._store_blocks(object_key, a, b))
-
-    def _store_blocks(self, object_key: str, start: int, end: int) -> Iterator[bytes]:
-        for pos in range(start, end, REMOTE_BLOCK):
-            yield self.store.get_range(object_key, pos, min(end, pos + REMOTE_BLOCK))
+        return ReadPlan(
+            size, lambda a, n: self.store.get_range(object_key, a, a + n), block=REMOTE_BLOCK
+        )
 
     # --- listing and deleting ------------------------------------------------------------------
 
@@ -306,7 +341,19 @@ class Blobs:
 
     def get_upload(self, project_id: str, upload_id: str) -> UploadInfo:
         with self.db.read() as s:
-            return _upload_info(self._row(s, project_id, upload_id))
+            info = _upload_info(self._row(s, project_id, upload_id))
+        held = self._held(upload_id, info.received)
+        return info if held == info.received else replace(info, received=held)
+
+    def _held(self, upload_id: str, received: int) -> int:
+        """The recorded offset, or less if the staged file is shorter (a power cut took its
+        unsynced tail): where the client must resume."""
+        if received == 0:
+            return 0
+        try:
+            return min(received, self.staging.upload_path(upload_id).stat().st_size)
+        except FileNotFoundError:
+            return received  # begin_part and complete report the bytes as gone
 
     def list_uploads(self, project_id: str, prefix: str = "") -> list[UploadInfo]:
         """Open upload sessions of keys starting with ``prefix``."""
@@ -335,6 +382,7 @@ class Blobs:
             with self.db.read() as s:
                 row = self._row(s, project_id, upload_id)
                 received, state = row.received, row.state
+            received = self._held(upload_id, received)
             if state != "open":
                 raise Conflict("this upload session is complete", received=received)
             if offset < 0 or offset > received:
@@ -360,7 +408,7 @@ class Blobs:
         self, project_id: str, upload_id: str, sink: Sink, lock: threading.Lock, length: int | None
     ) -> UploadInfo:
         try:
-            sink.flush()
+            sink.flush(durable=False)  # the whole is fsynced once, when the upload completes
             sink.close()
             if length is not None and sink.count != length:
                 raise BadRequest(f"received {sink.count} bytes, Content-Length said {length}")
@@ -394,6 +442,7 @@ class Blobs:
                 if done_sha == sha256 and received == size:
                     return size
                 raise Conflict("this upload session completed with another checksum")
+            received = self._held(upload_id, received)
             if size != received:
                 raise Conflict(
                     f"the upload holds {received} bytes, not {size}; send the rest first",
@@ -404,7 +453,7 @@ class Blobs:
                 raise NotFound(f"the bytes of upload session {upload_id!r} are gone; start again")
             cached = self._hashes.pop(upload_id, None)
             h = cached[1] if cached and cached[0] == received else hash_file(path, received)
-            os.truncate(path, received)  # drop the tail of a part cut off half way
+            _truncate_and_sync(path, received)  # drop the tail of a part cut off half way
             if h.hexdigest() != sha256:
                 self._drop(project_id, upload_id)
                 raise BadRequest(
@@ -444,12 +493,11 @@ class Blobs:
         return len(old)
 
 
-def _file_blocks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
-    with f:
-        pos = start
-        while pos < end:
-            block = os.pread(f.fileno(), min(READ_BLOCK, end - pos), pos)
-            if not block:
-                break
-            pos += len(block)
-            yield block
+def _truncate_and_sync(path: Path, size: int) -> None:
+    """Cut the file at ``size`` and make its bytes durable (before it becomes the object)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
