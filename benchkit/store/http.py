@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 
 import requests
 
-from benchkit.api_client import ApiClient, Catalog, find_credentials, normalize_url
+from benchkit.api_client import SEND_BLOCK, ApiClient, Catalog, find_credentials, normalize_url
 from benchkit.errors import InvalidKey, StoreConnectionError, StoreError
 from benchkit.fsutil import atomic_file
 from benchkit.store.base import DEFAULT_PART_SIZE, ObjectInfo, Store, check_key, check_prefix
@@ -170,10 +170,10 @@ class HttpStore(Store):
         upload_id, offset = session["id"], 0
         deadline = time.monotonic() + self.resume_s
         while True:
-            block = source.block(offset, self.part_size)
-            if not block:
+            part = source.part(offset, self.part_size)
+            if not len(part):
                 break
-            offset = self._send_part(key, upload_id, offset, block, source, deadline)
+            offset = self._send_part(key, upload_id, offset, part, source, deadline)
         sha = source.sha256(offset)
         self._retrying(
             deadline,
@@ -187,22 +187,24 @@ class HttpStore(Store):
         )
 
     def _send_part(
-        self, key: str, upload_id: str, offset: int, block: bytes, source: _Source, deadline: float
+        self, key: str, upload_id: str, offset: int, part: Any, source: _Source, deadline: float
     ) -> int:
-        """Send ``block`` at ``offset``; after a failure ask the server what it has and go on
-        from there. Returns the new offset."""
+        """Send ``part`` (bytes, or a :class:`_Part` read as it is sent) at ``offset``; after a
+        failure ask the server what it has and go on from there. Returns the new offset."""
         url = self.client.path("uploads", upload_id)
         while True:
+            if isinstance(part, _Part):
+                part.seek(0)
             try:
                 self.client.request(
                     "PUT",
                     url,
                     params={"offset": offset},
-                    data=block,
+                    data=part,
                     headers={"Content-Type": "application/octet-stream"},
                     what=f"uploading '{key}'",
                 )
-                return offset + len(block)
+                return source.hashed_to(offset + len(part))
             except StoreConnectionError:
                 if time.monotonic() > deadline:
                     raise
@@ -212,11 +214,10 @@ class HttpStore(Store):
             received = self._retrying(
                 deadline, lambda: self.client.json("GET", "uploads", upload_id)
             )["received"]
-            if received == offset + len(block):
-                return received  # the part arrived; its answer was lost
+            if received == offset + len(part):
+                return source.hashed_to(received)  # the part arrived; its answer was lost
             if received != offset:
-                source.rewind(received)  # the server has less (or more) than we thought
-                return received
+                return source.hashed_to(received)  # the server has less than we thought
 
     def _retrying(self, deadline: float, call: Any) -> Any:
         """``call()``, repeated with backoff on connection errors until ``deadline``."""
@@ -370,15 +371,37 @@ class _Source:
         self._hashed = 0
 
     def block(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; bytes read for the first time are hashed (bytes
+        read again for a resend are not)."""
         data = self._read(offset, size)
-        if offset == self._hashed:
-            self._hash.update(data)
-            self._hashed += len(data)
+        end = offset + len(data)
+        if offset <= self._hashed < end:
+            self._hash.update(memoryview(data)[self._hashed - offset :])
+            self._hashed = end
         return data
+
+    def part(self, offset: int, size: int) -> _Part | bytes:
+        """The part at ``offset``: read while it is sent (a seekable source), or read now and
+        kept until the server has it (a pipe)."""
+        if not self.seekable:
+            return self.block(offset, size)
+        return _Part(self, offset, min(size, max(0, self._size() - offset)))
+
+    def _size(self) -> int:
+        raise NotImplementedError
 
     def sha256(self, size: int) -> str:
         assert self._hashed == size, (self._hashed, size)
         return self._hash.hexdigest()
+
+    def hashed_to(self, offset: int) -> int:
+        """Make the running hash cover exactly the first ``offset`` bytes (the bytes the server
+        holds: a part cut off, or one whose answer was lost); returns ``offset``."""
+        if self._hashed > offset or (self._hashed < offset and not self.seekable):
+            self.rewind(offset)
+        while self._hashed < offset:
+            self.block(self._hashed, min(DEFAULT_PART_SIZE, offset - self._hashed))
+        return offset
 
     def rewind(self, offset: int) -> None:
         """Go back (or forward) to ``offset``, the bytes the server holds."""
@@ -404,6 +427,9 @@ class _FileSource(_Source):
 
     def _read(self, offset: int, size: int) -> bytes:
         return os.pread(self.f.fileno(), size, offset)
+
+    def _size(self) -> int:
+        return os.fstat(self.f.fileno()).st_size
 
 
 class _StreamSource(_Source):
@@ -437,3 +463,42 @@ class _BytesSource(_Source):
 
     def _read(self, offset: int, size: int) -> bytes:
         return bytes(self.data[offset : offset + size])
+
+    def _size(self) -> int:
+        return len(self.data)
+
+
+class _Part:
+    """One part of a seekable source as a request body: requests sends it with its
+    ``Content-Length`` and urllib3 reads it in ``SEND_BLOCK`` blocks, so reading, hashing and
+    sending overlap with the server's work (no whole part in memory), and urllib3 can rewind
+    it (``seek``) to resend after a dropped connection."""
+
+    def __init__(self, source: _Source, offset: int, size: int) -> None:
+        self.source, self.offset, self.size, self.pos = source, offset, size, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else self.size + pos)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        data = self.source.block(self.offset + self.pos, n)
+        if len(data) != n:
+            raise StoreError(
+                f"the file being uploaded shrank during the upload (at byte "
+                f"{self.offset + self.pos + len(data)}): upload it again once it is complete"
+            )
+        self.pos += n
+        return data
+
+    def __iter__(self):
+        return iter(lambda: self.read(SEND_BLOCK), b"")
