@@ -24,6 +24,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -166,6 +167,12 @@ class Blobs:
         self._locks_guard = threading.Lock()
         #: running hash of each upload at its received offset (lost at restart: recomputed)
         self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}
+        #: staged uploads whose written parts one background thread is putting on disk, so
+        #: the disk works while the next part arrives and completing has little left to fsync
+        #: (a speed-up only: durability comes from the fsync at completion)
+        self._write_back: set[Path] = set()
+        self._write_back_guard = threading.Lock()
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="bench-sync")
 
     # --- keys ----------------------------------------------------------------------------------
 
@@ -419,9 +426,31 @@ class Blobs:
                 row.updated_at = utcnow()
                 info = _upload_info(row)
             self._hashes[upload_id] = (received, sink.hash)
+            self._start_write_back(sink.path)
             return info
         finally:
             lock.release()
+
+    def _start_write_back(self, path: Path) -> None:
+        with self._write_back_guard:
+            if path in self._write_back:
+                return  # already queued: that sync will cover this part too
+            self._write_back.add(path)
+        self._syncer.submit(self._sync_staged, path)
+
+    def _sync_staged(self, path: Path) -> None:
+        with self._write_back_guard:
+            self._write_back.discard(path)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # completed (renamed) or dropped meanwhile
+        try:
+            os.fdatasync(fd)
+        except OSError as e:  # the fsync at completion will report a real problem
+            log.debug("background sync of %s failed: %s", path.name, e)
+        finally:
+            os.close(fd)
 
     def abort_part(self, sink: Sink, lock: threading.Lock) -> None:
         try:
