@@ -18,12 +18,12 @@ if [[ -n "${BENCH_REPEATS:-}" ]]; then REP=(--repeats "$BENCH_REPEATS"); fi
 
 VENV=benchmarks/.venv
 PY=$VENV/bin/python
-if [[ ! -x $PY ]] || ! $PY -c "import litdata, streaming, webdataset, matplotlib, moto, benchkit" 2>/dev/null; then
+if [[ ! -x $PY ]] || ! $PY -c "import litdata, streaming, webdataset, matplotlib, moto, benchkit, fastapi, psutil" 2>/dev/null; then
     echo "setting up $VENV" >&2
     python3 -m venv "$VENV"
     # these torch pins match the project's environment (and install from local wheels here)
     $VENV/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-    $VENV/bin/pip install -q -e .
+    $VENV/bin/pip install -q -e ".[server]"   # the server extra: stream.py's fourth store
     $VENV/bin/pip install -q -r benchmarks/requirements.txt
 fi
 

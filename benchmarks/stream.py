@@ -12,7 +12,10 @@ and from two places:
   system allows it, so epoch 1 reads the disk and epoch 2 the page cache);
 - ``s3``: the same shards uploaded to ``moto_server`` on 127.0.0.1, read through each
   library's own S3 client into an empty cache directory (epoch 1 downloads, epoch 2 reads
-  whatever the library cached).
+  whatever the library cached);
+- ``server``: BenchKit only (no other library speaks its protocol): BenchKit's shards uploaded
+  to a Bench server (``python -m benchkit server`` on 127.0.0.1, SQLite and blobs in a
+  temporary directory) and read through the ``http://`` store into an empty cache, like ``s3``.
 
 Plus ``plain``: a map-style ``Dataset`` reading one JPEG file per sample (local only), the
 baseline users start from. Each (library, mode, store) is measured in a fresh interpreter;
@@ -20,7 +23,7 @@ repeats are interleaved across libraries so background load hits all of them ali
 checks the sample count, the sum of labels and (raw mode) the total bytes of the epoch against
 the dataset, so a library that drops or repeats samples fails loudly instead of looking fast.
 
-    python benchmarks/stream.py [--quick] [--libraries ...] [--modes raw,decode] [--stores local,s3]
+    python benchmarks/stream.py [--quick] [--libraries ...] [--modes raw,decode] [--stores local,s3,server]
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +69,7 @@ log = logging.getLogger("benchmarks.stream")
 
 LIBRARIES = ["benchkit", "litdata", "streaming", "webdataset", "plain"]
 MODES = ["raw", "decode"]
-STORES = ["local", "s3"]
+STORES = ["local", "s3", "server"]
 EPOCHS = 2
 
 
@@ -183,8 +188,15 @@ def build_loader(library: str, mode: str, store: str, preset_name: str, endpoint
         return DataLoader(ds, shuffle=True, generator=torch.Generator().manual_seed(SEED), **common)
 
     if library == "benchkit":
-        url = str(shards) if store == "local" else f"s3://{s3_bucket()}/benchkit?endpoint={endpoint}"
+        if store == "server":
+            url = endpoint  # the API key comes in BENCHKIT_API_KEY
+        elif store == "local":
+            url = str(shards)
+        else:
+            url = f"s3://{s3_bucket()}/benchkit?endpoint={endpoint}"
         return benchkit_loader(url, mode)
+    if store == "server":
+        raise ValueError("only BenchKit reads from a Bench server")
 
     if library == "litdata":
         from litdata import StreamingDataLoader, StreamingDataset
@@ -335,6 +347,36 @@ def upload_all(endpoint: str, preset, libraries: list[str]) -> None:
         log.info("uploaded %s: %.0f MB in %.1f s", library, total / 1e6, time.perf_counter() - t0)
 
 
+@contextmanager
+def bench_server(work: Path, preset) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Bench server on a free loopback port (``benchmarks/server.py`` starts it) holding
+    BenchKit's shards; yields its URL and the environment its clients need (the API key)."""
+    from server import start_server
+
+    from benchkit.store import LocalStore
+    from benchkit.store.http import HttpStore
+
+    data = Path(tempfile.mkdtemp(prefix="bench-server-", dir=work))
+    proc, url, key = start_server(data)
+    try:
+        src, dst = LocalStore(shards_dir(preset, "benchkit")), HttpStore(url, key)
+        t0, total = time.perf_counter(), 0
+        for name in src.list(""):
+            path = src.local_path(name)
+            dst.put_file(name, path)
+            total += path.stat().st_size
+        log.info("uploaded benchkit to the server: %.0f MB in %.1f s", total / 1e6, time.perf_counter() - t0)
+        yield url, {"BENCHKIT_API_KEY": key}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def available(library: str, preset) -> str | None:
     if library == "plain":
         return None
@@ -384,12 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {}
     too_slow: dict[str, int] = {}
 
-    def measure(store: str, endpoint: str | None) -> None:
-        env = endpoint_env(endpoint) if endpoint else {}
+    def measure(store: str, endpoint: str | None, env: dict[str, str] | None = None) -> None:
+        env = env if env is not None else (endpoint_env(endpoint) if endpoint else {})
         for mode in args.modes.split(","):
             for r in range(repeats):
                 for lib in libraries:
-                    if lib == "plain" and store != "local":
+                    if (lib == "plain" and store != "local") or (lib != "benchkit" and store == "server"):
                         continue
                     cmd = [sys.executable, __file__, "--one", lib, mode, store] + (["--quick"] if args.quick else [])
                     if endpoint:
@@ -449,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         with moto_server(WORK / preset.name / "moto.log") as endpoint:
             upload_all(endpoint, preset, libraries)
             measure("s3", endpoint)
+    if "server" in stores and "benchkit" in libraries:
+        with bench_server(WORK / preset.name, preset) as (url, env):
+            measure("server", url, env)
 
     table = save()
     print(json.dumps({k: (v["epoch1"]["median"], v["epoch2"]["median"]) for k, v in table.items()}, indent=1))
