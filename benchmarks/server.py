@@ -12,7 +12,7 @@ What it measures, on one machine over loopback:
   ``get_file`` of one large random file (what a local store costs: one copy each way, fsync);
 - ``server``: the same calls on an :class:`~benchkit.store.http.HttpStore` whose server keeps its
   blobs in a LocalStore on the same disk (sha256 on both sides, HTTP on loopback, the upload
-  session's per-part fsync, the final rename);
+  session's parts, one fsync of the whole and the final rename);
 - small objects: ``put`` + ``get`` of 64 KiB objects from 8 threads, objects per second;
 - the server process's peak RSS (sampled every 10 ms by psutil) and its growth over idle, and
   the client's peak RSS growth: both must stay far below the object's size;
