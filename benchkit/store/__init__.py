@@ -6,7 +6,7 @@ URL                                    backend
 ``/path`` or ``file:///path``          :class:`LocalStore`, plain files (the default)
 ``memory://name``                      tensorstore ``memory`` driver (tests)
 ``tensorstore+file:///path``           tensorstore ``file`` driver (contract tests)
-``s3://bucket/prefix``                 tensorstore ``s3`` driver
+``s3://bucket/prefix``                 :class:`~benchkit.store.s3.S3Store` (boto3; same layout)
 ``gs://bucket/prefix``                 tensorstore ``gcs`` driver
 ``http(s)://host[:port]``              a Bench server (``benchkit server``)
 =====================================  ==============================================
@@ -59,7 +59,11 @@ def open_store(url: str | os.PathLike[str] | Store | None = None) -> Store:
         return LocalStore(Path(url))
     if scheme == "file":
         return LocalStore(Path(urlsplit(url).path))
-    if scheme in ("memory", "tensorstore+file", "s3", "gs"):
+    if scheme == "s3":
+        from benchkit.store.s3 import S3Store
+
+        return S3Store.from_url(url)
+    if scheme in ("memory", "tensorstore+file", "gs"):
         from benchkit.store.tensorstore import TensorStoreStore
 
         if scheme == "memory":

@@ -1,4 +1,9 @@
-"""Stores served by tensorstore's kvstore: ``memory://``, ``tensorstore+file://``, ``s3://``, ``gs://``.
+"""Stores served by tensorstore's kvstore: ``memory://``, ``tensorstore+file://``, ``gs://``.
+
+``s3://`` URLs open :class:`~benchkit.store.s3.S3Store` (boto3), a subclass that keeps this
+module's layout and settings and swaps the transport (see benchkit/store/s3.py for why);
+``TensorStoreStore.from_url("s3://...")`` still gives tensorstore's S3 driver, which reads and
+writes the same objects.
 
 Large objects
 -------------
@@ -105,6 +110,11 @@ DEFAULT_RETRIES = 3
 #: tensorstore's storage generation of a key that holds no value: a write with
 #: ``if_equal=NO_VALUE`` only creates
 NO_VALUE = b"\x02"
+#: what to check when S3 refuses a request
+S3_CREDENTIALS_HINT = (
+    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE and ~/.aws/credentials) "
+    "and the bucket policy"
+)
 
 # tensorstore aborts a forked child that touches it once its threads started in the parent;
 # this remembers which process started them (the memory driver starts none).
@@ -206,6 +216,9 @@ def _s3_spec(bucket: str, path: str, query: dict[str, list[str]]) -> tuple[dict[
 
 class TensorStoreStore(Store):
     """A store over one tensorstore kvstore; large objects are kept as parts (see module doc)."""
+
+    #: part writes left in flight while the next part is read (see WRITE_AHEAD)
+    write_ahead = WRITE_AHEAD
 
     def __init__(
         self,
@@ -324,10 +337,7 @@ class TensorStoreStore(Store):
         what = f"{op} '{key}'" if key else op
         if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
             if self.driver == "s3":
-                hint = (
-                    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE and "
-                    "~/.aws/credentials) and the bucket policy"
-                )
+                hint = S3_CREDENTIALS_HINT
             elif self.driver == "gcs":
                 hint = "check GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`) and the bucket's IAM"
             else:
@@ -337,28 +347,34 @@ class TensorStoreStore(Store):
             code == "ABORTED" and ("CURL" in msg or "retry attempts" in msg)
         )
         if connection:
-            setting = (
-                "BENCHKIT_S3_ENDPOINT (or ?endpoint= in the store URL)"
-                if self.driver == "s3"
-                else "TENSORSTORE_GCS_HTTP_URL"
-            )
-            return StoreConnectionError(
-                f"cannot reach {self._where()} during {what}: {short}. Check {setting} and the "
-                "network; BENCHKIT_S3_RETRIES sets how often requests are retried"
-            )
+            return self._unreachable(what, short)
         if code == "NOT_FOUND" and self.driver in ("s3", "gcs"):
-            bucket = self.spec["bucket"]
-            make = (
-                f"aws s3 mb s3://{bucket}"
-                + (f" --endpoint-url {self.endpoint}" if self.spec.get("endpoint") else "")
-                if self.driver == "s3"
-                else f"gcloud storage buckets create gs://{bucket}"
-            )
-            return StoreError(
-                f"bucket '{bucket}' does not exist at {self.endpoint} ({what} in {self.url}): "
-                f"create it first ({make}) or fix the store URL"
-            )
+            return self._no_bucket(what)
         return StoreError(f"{self._where()}: {what} failed: {short}")
+
+    def _unreachable(self, what: str, why: str) -> StoreConnectionError:
+        setting = (
+            "BENCHKIT_S3_ENDPOINT (or ?endpoint= in the store URL)"
+            if self.driver == "s3"
+            else "TENSORSTORE_GCS_HTTP_URL"
+        )
+        return StoreConnectionError(
+            f"cannot reach {self._where()} during {what}: {why}. Check {setting} and the "
+            "network; BENCHKIT_S3_RETRIES sets how often requests are retried"
+        )
+
+    def _no_bucket(self, what: str) -> StoreError:
+        bucket = self.spec["bucket"]
+        make = (
+            f"aws s3 mb s3://{bucket}"
+            + (f" --endpoint-url {self.endpoint}" if self.spec.get("endpoint") else "")
+            if self.driver == "s3"
+            else f"gcloud storage buckets create gs://{bucket}"
+        )
+        return StoreError(
+            f"bucket '{bucket}' does not exist at {self.endpoint} ({what} in {self.url}): "
+            f"create it first ({make}) or fix the store URL"
+        )
 
     def _wait(self, future: Any, key: str | None, op: str) -> Any:
         try:
@@ -372,6 +388,30 @@ class TensorStoreStore(Store):
         kv = self._store()
         fut = kv.read(key, byte_range=byte_range) if byte_range is not None else kv.read(key)
         return self._wait(fut, key, op)
+
+    # The layout above (parts, manifests, sweeping) reaches the kvstore only through _read,
+    # _read_part and these five, so another transport (store/s3.py) can serve the same layout.
+
+    def _write_async(self, key: str, value: bytes) -> Any:
+        """Start writing ``value`` at ``key``; a future for :meth:`_wait`."""
+        return self._store().write(key, value)
+
+    def _write_value(self, key: str, value: bytes, op: str = "write") -> None:
+        self._wait(self._write_async(key, value), key, op)
+
+    def _remove(self, key: str) -> None:
+        """Delete the value at ``key`` (nothing happens when there is none)."""
+        self._wait(self._store().write(key, None), key, "delete")
+
+    def _remove_prefix(self, prefix: str, op: str = "delete prefix") -> None:
+        """Delete every key starting with ``prefix``, hidden ones included."""
+        self._wait(self._store().delete_range(_prefix_range(prefix)), prefix, op)
+
+    def _raw_keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix``, hidden ones (parts) included, in no set order."""
+        kv = self._store()
+        fut = kv.list(_prefix_range(prefix)) if prefix else kv.list()
+        return [k.decode() for k in self._wait(fut, prefix or None, "list")]
 
     def _head(self, key: str) -> tuple[bytes | None, dict[str, Any] | None]:
         """``(value, None)`` for a plain object read whole, ``(None, manifest)`` for a parted one,
@@ -462,14 +502,12 @@ class TensorStoreStore(Store):
     def _commit(
         self, key: str, manifest_or_value: bytes, old_upload: str | None, keep: str | None = None
     ) -> None:
-        kv = self._store()
-        self._wait(kv.write(key, manifest_or_value), key, "write")
+        self._write_value(key, manifest_or_value)
         if old_upload and old_upload != keep:
-            self._wait(kv.delete_range(_prefix_range(old_upload)), key, "delete old parts of")
+            self._remove_prefix(old_upload, "delete old parts of")
 
     def _write_parts(self, key: str, blocks: Iterable[bytes]) -> tuple[bytes, str]:
         """Write ``blocks`` as parts of a new upload; returns the manifest and the upload folder."""
-        kv = self._store()
         upload = f"{_parts_dir(key)}{uuid.uuid4().hex[:16]}/"
         parts: list[list[Any]] = []
         pending: deque[tuple[str, Any]] = deque()
@@ -477,11 +515,11 @@ class TensorStoreStore(Store):
         try:
             for i, block in enumerate(blocks):
                 part = f"{upload}{i:06d}"
-                pending.append((part, kv.write(part, block)))
+                pending.append((part, self._write_async(part, block)))
                 parts.append([part, len(block)])
                 total += len(block)
                 del block  # tensorstore holds what it needs; the next read must not add a copy
-                while len(pending) > WRITE_AHEAD:
+                while len(pending) > self.write_ahead:
                     pk, fut = pending.popleft()
                     self._wait(fut, pk, "write part")
             while pending:
@@ -490,7 +528,7 @@ class TensorStoreStore(Store):
         except BaseException:
             # best effort: the parts are hidden anyway, and delete() sweeps leftovers
             try:
-                kv.delete_range(_prefix_range(upload)).result()
+                self._remove_prefix(upload)
             except Exception:  # noqa: BLE001 - the original error matters more
                 log.debug("could not remove the parts of a failed upload %s", upload, exc_info=True)
             raise
@@ -523,15 +561,18 @@ class TensorStoreStore(Store):
         stamp = self._wait(self._store().write(key, data, if_equal=NO_VALUE), key, "create")
         return stamp.generation != b""
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        check_key(key)
+    def _open_upload(self, key: str, path: str | os.PathLike[str]) -> Any:
+        """``path`` opened for reading, or a StoreError naming it and ``key``."""
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError as e:
             raise StoreError(f"cannot upload {path} to '{key}': the file does not exist") from e
         except OSError as e:
             raise StoreError(f"cannot upload {path} to '{key}' in {self.url}: {e}") from e
-        with f:
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        check_key(key)
+        with self._open_upload(key, path) as f:
             st = os.fstat(f.fileno())
             old = self._old_upload(key)
             # pipes and devices report no size: stream them as parts too
@@ -674,34 +715,28 @@ class TensorStoreStore(Store):
 
     def list(self, prefix: str = "") -> list[str]:
         check_prefix(prefix)
-        kv = self._store()
-        fut = kv.list(_prefix_range(prefix)) if prefix else kv.list()
-        keys = (k.decode() for k in self._wait(fut, prefix or None, "list"))
-        return sorted(k for k in keys if not is_hidden(k))
+        return sorted(k for k in self._raw_keys(prefix) if not is_hidden(k))
 
     # --- deleting ----------------------------------------------------------------------------
 
     def delete(self, key: str) -> bool:
         check_key(key)
-        kv = self._store()
         if not self.exists(key):
             return False
         # the key first, so the object disappears at once; then its parts, killed puts' too
-        self._wait(kv.write(key, None), key, "delete")
-        self._wait(kv.delete_range(_prefix_range(_parts_dir(key))), key, "delete parts of")
+        self._remove(key)
+        self._remove_prefix(_parts_dir(key), "delete parts of")
         return True
 
     def sweep_leftovers(self, prefix: str) -> int:
         """Delete the parts of uploads that never got their manifest (killed ``put``s) for
         objects under ``prefix``; parts the current manifest of an object names are kept."""
         check_prefix(prefix)
-        kv = self._store()
         head = prefix.rpartition("/")[0]
         folder = f"{head}/" if head else ""
-        fut = kv.list(_prefix_range(folder)) if folder else kv.list()
         uploads: dict[str, set[str]] = {}  # object key -> its parts' upload folders
-        for raw in self._wait(fut, folder or None, "list"):
-            segs = raw.decode().split("/")
+        for raw in self._raw_keys(folder):
+            segs = raw.split("/")
             for i, seg in enumerate(segs[:-2]):
                 if seg.startswith(".") and seg.endswith(".parts") and len(seg) > 7:
                     key = "/".join([*segs[:i], seg[1:-6]])
@@ -712,7 +747,7 @@ class TensorStoreStore(Store):
         for key, found in sorted(uploads.items()):
             keep = self._old_upload(key)
             for upload in sorted(found - {keep}):
-                self._wait(kv.delete_range(_prefix_range(upload)), key, "delete leftover parts of")
+                self._remove_prefix(upload, "delete leftover parts of")
                 removed += 1
         return removed
 
@@ -721,14 +756,9 @@ class TensorStoreStore(Store):
             raise InvalidKey("refusing to delete an empty prefix (the whole store)")
         check_prefix(prefix)
         n = len(self.list(prefix))
-        kv = self._store()
-        self._wait(kv.delete_range(_prefix_range(prefix)), prefix, "delete prefix")
+        self._remove_prefix(prefix)
         # parts of objects directly in the prefix's folder whose name starts with its last part
         head, _, base = prefix.rpartition("/")
         if base:
-            self._wait(
-                kv.delete_range(_prefix_range(f"{head + '/' if head else ''}.{base}")),
-                prefix,
-                "delete prefix",
-            )
+            self._remove_prefix(f"{head + '/' if head else ''}.{base}")
         return n
