@@ -29,7 +29,7 @@ from typing import Any
 import requests
 
 from benchkit.api_client import ApiClient
-from benchkit.errors import StoreConnectionError, StoreError
+from benchkit.errors import CredentialsError, StoreConnectionError, StoreError
 from benchkit.training.sender import Batch, SinkRejected
 
 #: seconds to connect, and to wait for the server's answer to one batch
@@ -119,8 +119,8 @@ class ServerSink:
             )
         except StoreConnectionError as e:  # down, restarting, a timeout: try again later
             raise TransientError(str(e)) from e
-        except StoreError as e:  # a wrong key, a read-only key, an incompatible server
-            raise SinkRejected(str(e)) from e
+        except (StoreError, CredentialsError) as e:  # a wrong, revoked or read-only key, an
+            raise SinkRejected(str(e)) from e  # incompatible server: retrying cannot help
         if resp.status_code == 200:
             return int(resp.json()["acked_through"])
         if resp.status_code == 409:
