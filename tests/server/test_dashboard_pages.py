@@ -139,6 +139,13 @@ def test_a_user_created_by_the_admin_command_signs_in_to_their_project_only(sqli
         input="correct horse battery\n", capture_output=True, text=True, env=child_env(), timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
+    from sqlalchemy import select
+
+    from benchkit.server.db.accounts import users
+
+    with sqlite_server.keys().db.read() as db:
+        stored = db.execute(select(users.c.password_hash).where(users.c.username == name)).scalar()
+    assert stored.startswith("$argon2id$") and "correct horse" not in stored  # hashed only
     s, r = sign_in(sqlite_server, {"username": name, "password": "correct horse battery"})
     assert r.status_code == 303
     assert "first run" in s.get(sqlite_server.url + "/runs", timeout=30).text

@@ -207,3 +207,31 @@ def test_deleting_a_run_removes_its_points_and_cursors(engine):
     with engine.connect() as c:
         assert metrics.chart(c, RUN, "loss") is None and metrics.cursors(c, RUN) == {}
         assert c.execute(select(func.count()).select_from(metric_points)).scalar() == 10
+
+
+def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path, request):
+    """A database upgraded revision by revision (0001, tracking's 0002, jobs' 0003: the order
+    the merge gave them; tests/remote/test_jobs_migration.py checks the chain) holds exactly
+    the tables, columns, indexes and constraints the models declare, on both engines."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from benchkit.server.db import accounts, jobs, tracking  # noqa: F401  (their tables)
+    from benchkit.server.db.migrate import alembic_config, current_revision
+    from benchkit.server.db.models import Base
+    from benchkit.server.db.session import Database
+
+    pg = request.getfixturevalue("postgres").create_database()
+    for url in (f"sqlite:///{tmp_path / 'steps.db'}", pg):
+        db = Database(url)
+        cfg = alembic_config(db)
+        for rev in ("0001", "0002", "0003"):
+            with db.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, rev)
+            assert current_revision(db) == rev
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], (url.split(":")[0], diff)
+        db.close()
