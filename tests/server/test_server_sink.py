@@ -122,3 +122,32 @@ def test_values_reach_a_real_server_as_logged(tmp_path, sqlite_server):
     assert got == [1.5, "NaN", "Infinity", "-Infinity", 7.0, 1.0, 2.0]
     log = sink.client.json("GET", "runs", "vals", "log")
     assert "note=text, kept" in json.dumps(log)
+
+
+def test_accelerate_and_the_tracker_log_to_a_real_server(sqlite_server, monkeypatch):
+    """``accelerator.log`` through ``BenchAccelerateTracker`` with the server as the store: the
+    run, its config and every value end up in the server's tracking tables."""
+    import requests
+    from trackkit import headers
+
+    from benchkit.training.helpers import get_accelerator
+    from benchkit.training.tracker import BenchAccelerateTracker
+
+    p = sqlite_server.quick_project()
+    monkeypatch.setenv("BENCHKIT_STORE", sqlite_server.url)
+    monkeypatch.setenv("BENCHKIT_API_KEY", p.key)
+    monkeypatch.setenv("BENCHKIT_PROJECT_ID", p.id)
+    tracker = BenchAccelerateTracker("accelerate run", 10)
+    acc = get_accelerator(log_with=tracker, cpu=True)
+    acc.init_trackers("my_project", config={"lr": 0.01, "bs": 16})
+    for step in range(50):
+        acc.log({"loss": 1.0 / (step + 1)}, step=step)
+    acc.end_training()
+    table = requests.get(
+        f"{sqlite_server.url}/api/v1/tracking/runs", headers=headers(p.key), timeout=60
+    ).json()
+    [run] = table["runs"]
+    assert run["name"] == "accelerate run" and run["status"] == "finished"
+    assert run["config"] == {"lr": 0.01, "bs": 16, "epochs": 10}
+    pts = points_of(sqlite_server, p.key, run["id"], "loss")
+    assert [(q["step"], q["value"]) for q in pts] == [(s, 1.0 / (s + 1)) for s in range(50)]
