@@ -125,7 +125,7 @@ def wait(name):
         time.sleep(0.02)
 
 
-@bench.train(config={"points": 400, "signal_at": -1, "hold_at": -1, "hang_at": -1})
+@bench.train(config={"points": 400, "signal_at": -1, "hold_at": -1, "hang_at": -1, "fail_at": -1})
 def fit(run):
     for i in range(run.config.points):
         run.log({"x": float(i), "sq": float(i * i), "odd": float("nan") if i % 50 == 0 else i / 7})
@@ -133,9 +133,12 @@ def fit(run):
             signal("logged")
         if i == run.config.hold_at:
             wait("go")
+        if i == run.config.fail_at:
+            raise RuntimeError(f"<b>boom</b> at step {i}")
         if i == run.config.hang_at:
             signal("hanging")
-            time.sleep(3600)
+            while True:  # short sleeps: a signal's Python handler runs between them
+                time.sleep(0.05)
         time.sleep(0.005)
     signal("done")
 """

@@ -146,6 +146,31 @@ def test_a_killed_training_process_shows_as_lost_not_running_forever(fault_serve
     assert [r["status"] for r in table["runs"] if r["id"] == rid] == ["lost"]
 
 
+def test_a_failing_run_shows_failed_and_a_sigtermed_run_interrupted(fault_server, setup):
+    project, path, signals, start, run = setup
+    term = start("run", str(path), "--cpu", "--run-id", "termed", "--config", "hang_at=20",
+                 BENCHKIT_STOP_GRACE="1")  # no step boundary comes: stop after a second  # fmt: skip
+    failed = run("run", str(path), "--cpu", "--run-id", "failing", "--config", "fail_at=30")
+    assert failed.returncode != 0 and "boom" in failed.stdout + failed.stderr
+    wait_file(signals / "hanging", term)
+    term.send_signal(signal.SIGTERM)  # what a scheduler or a spot reclaim sends
+    term.communicate(timeout=240)
+
+    def view(rid: str) -> dict:
+        url = f"{fault_server.url}/api/v1/tracking/runs/{rid}"
+        return requests.get(url, headers=headers(project.key), timeout=60).json()
+
+    f, t = view("failing"), view("termed")
+    assert f["status"] == "failed" and "<b>boom</b> at step 30" in f["traceback"] and f["ended"]
+    assert f["summaries"]["x"]["last"] == 30.0  # what it logged before failing, all of it
+    assert t["status"] == "interrupted" and "interrupted" in t["traceback"] and t["ended"]
+    assert t["summaries"]["x"]["last"] == 20.0
+    page = requests.get(
+        f"{fault_server.url}/runs/failing", headers=headers(project.key), timeout=60
+    ).text
+    assert 'data-status="failed"' in page and "&lt;b&gt;boom&lt;/b&gt; at step 30" in page
+
+
 def test_runs_list_and_show_read_the_same_server_data_as_the_browser(fault_server, setup):
     import json
 
