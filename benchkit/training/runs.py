@@ -342,20 +342,31 @@ def list_records(store: Store) -> list[RunRecord]:
     return records
 
 
+MIN_PREFIX = 4  # like git: a shorter prefix of an id is too easily a row number or a typo
+
+
+def id_matches(ids: list[str], ref: str) -> list[str]:
+    """The ids that ``ref`` is a prefix of (of the id or of its short id), or equal to; a
+    prefix counts from :data:`MIN_PREFIX` characters."""
+    if len(ref) < MIN_PREFIX:
+        return [i for i in ids if ref in (i, short_id(i))]
+    return [i for i in ids if i.startswith(ref) or short_id(i).startswith(ref)]
+
+
 def resolve_run(store: Store, ref: str, rows: bool = True) -> str:
     """A run id from an id, its short id (or a unique prefix of either), a row number of
     ``runs list`` (only with ``rows``), or a run name (its latest run)."""
     ids = list_run_ids(store)
     if ref in ids:
         return ref
-    if ref.isdigit() and not rows and not any(short_id(i).startswith(ref) for i in ids):
+    if ref.isdigit() and not rows and len(ref) < MIN_PREFIX:
         raise TrainError(
             f"'{ref}' looks like a row number; name the run by its id, short id or name "
             "(see `benchkit runs list`)"
         )
     if ref.isdigit() and rows and 1 <= int(ref) <= len(ids):
         return ids[int(ref) - 1]
-    matches = [i for i in ids if i.startswith(ref) or short_id(i).startswith(ref)]
+    matches = id_matches(ids, ref)
     if len(matches) == 1:
         return matches[0]
     named = []

@@ -55,7 +55,7 @@ def match_run(ref: str, root: Path | None = None) -> str:
     ids = journaled_runs(root)
     if ref in ids:
         return ref
-    found = [i for i in ids if i.startswith(ref) or runs.short_id(i).startswith(ref)]
+    found = runs.id_matches(ids, ref)
     if len(found) == 1:
         return found[0]
     if found:

@@ -144,3 +144,14 @@ def test_runs_table_fits_80_columns_with_whole_short_ids(cli, two_runs, monkeypa
         assert runs.short_id(rid) in out and len(runs.short_id(rid)) == 8
     code, out, _ = cli("runs", "show", runs.short_id(two_runs[0]), "--json")
     assert json.loads(out)["id"] == two_runs[0]
+
+
+def test_a_digit_is_a_row_number_never_a_short_id_prefix(cli, two_runs):
+    """Short ids are random hex: one may start with '1'; `runs delete 1` must still be refused
+    as a row number (prefixes count from four characters, as in git)."""
+    a, _ = two_runs
+    for ref in ("1", "12", "123", runs.short_id(a)[:3]):
+        code, _, err = cli("runs", "delete", ref, "--yes")
+        assert code == 1, ref
+    code, _, _ = cli("runs", "delete", runs.short_id(a)[:4], "--yes")
+    assert code == 0
