@@ -284,8 +284,9 @@ class BenchServer:
         return Project(out["project_id"], out["name"], out["api_key"])
 
     def create_key(self, project: str, read_only: bool = False) -> str:
-        flags = ["--read-only"] if read_only else []
-        return json.loads(self.cli("keys", "create", project, "--json", *flags).stdout)["api_key"]
+        """A new key of ``project``, in-process (the function ``server keys create`` calls;
+        tests/server/test_server_cli.py runs the command itself)."""
+        return self.keys().create_key(project, "read" if read_only else "write").token
 
     def keys(self):
         """The key service over this server's database, in this process."""

@@ -37,6 +37,24 @@ def test_create_project_prints_the_key_once_and_refuses_a_duplicate(sqlite_serve
     assert out["api_key"] not in sqlite_server.cli("projects").stdout
 
 
+def test_keys_create_list_revoke(sqlite_server):
+    """The key commands themselves (three processes; the other tests make keys in-process)."""
+    project = sqlite_server.quick_project()
+    made = sqlite_server.cli("keys", "create", project.id, "--read-only", "--json").stdout
+    reader = json.loads(made)["api_key"]
+    key_id = reader.split("_")[1]
+    assert HttpStore(sqlite_server.url, reader, project.id).list() == []  # a key that works
+    sqlite_server.cli("keys", "revoke", key_id)
+    r = requests.get(
+        sqlite_server.url + "/api/v1/whoami", headers={"Authorization": f"Bearer {reader}"}
+    )
+    assert r.status_code == 401  # on its next request
+    listed = sqlite_server.cli("keys", "list", project.id, "--json").stdout
+    [row] = [r for r in json.loads(listed) if r["key_id"] == key_id]
+    assert row["scope"] == "read" and row["last_used"] is not None and row["revoked"] is not None
+    assert reader.split("_", 2)[2] not in listed
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
 def test_a_public_address_without_tls_is_refused(tmp_path, host):
     r = bk("server", "--data-dir", str(tmp_path), "--host", host, "--port", str(free_port()))
