@@ -4,6 +4,7 @@ store in a temporary directory."""
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -79,6 +80,31 @@ def test_upload_sessions_resume_and_verify(services):
     assert blobs.complete_upload(project.id, u.id, digest, 15) == 15
     assert blobs.complete_upload(project.id, u.id, digest, 15) == 15  # idempotent
     assert services.store.get(f"projects/{project.id}/big/x.bin") == data
+
+
+def test_a_staged_file_shorter_than_recorded_resumes_from_what_it_holds(services):
+    """Parts are not fsynced one by one: after a power cut the staged file may hold less than
+    the recorded offset. The session then offers the shorter offset, the client resends from
+    there, and the object is whole; nothing is visible before that."""
+    project, _ = services.keys.create_project("p5")
+    blobs = services.blobs
+    data = bytes(range(256)) * 64  # 16 KiB
+    u = blobs.create_upload(project.id, "cut/x.bin")
+    assert _write(blobs, project.id, u.id, 0, data[:8192]) == 8192
+    assert _write(blobs, project.id, u.id, 8192, data[8192:12288]) == 12288
+    blobs._hashes.clear()  # a restarted server has no running hash
+    os.truncate(blobs.staging.upload_path(u.id), 5000)  # the unsynced tail was lost
+    assert blobs.get_upload(project.id, u.id).received == 5000
+    with pytest.raises(Conflict) as info:  # the bytes beyond what the file holds are gone
+        _write(blobs, project.id, u.id, 12288, data[12288:])
+    assert info.value.details["received"] == 5000
+    digest = hashlib.sha256(data).hexdigest()
+    with pytest.raises(Conflict):  # cannot complete with bytes missing
+        blobs.complete_upload(project.id, u.id, digest, len(data))
+    assert not services.store.exists(f"projects/{project.id}/cut/x.bin")
+    assert _write(blobs, project.id, u.id, 5000, data[5000:]) == len(data)
+    assert blobs.complete_upload(project.id, u.id, digest, len(data)) == len(data)
+    assert services.store.get(f"projects/{project.id}/cut/x.bin") == data
 
 
 def test_idle_upload_sessions_expire_with_their_bytes(services):
