@@ -12,11 +12,12 @@ from browserkit import canvas_pixel_variety
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
-from trackkit import make_run
+from trackkit import ingest, make_run
 
 pytestmark = pytest.mark.slow
 
 XSS_NAME = '<img src=x onerror="window.__xss=1">'
+XSS_LOG = '<img src=x onerror="window.__xss=4"> epoch done'
 
 
 def _curve(lr: float, n: int = 300) -> dict[str, list[float]]:
@@ -33,6 +34,8 @@ def runs(sqlite_server):
                  _curve(lr), monitor="val_accuracy", mode="max")  # fmt: skip
     make_run(sqlite_server, p.key, "xss", XSS_NAME, {"note": "<script>window.__xss=2</script>"},
              {'"><svg onload="window.__xss=3">': [1.0, 2.0]})  # fmt: skip
+    line = [{"t": 9.0, "message": XSS_LOG}]  # the run's console log
+    assert ingest(sqlite_server, p.key, "xss", line, writer="console").status_code == 200
     return p
 
 
@@ -139,11 +142,12 @@ def test_xss_payloads_stay_text_in_the_browser(browser, sqlite_server, runs):
     assert d.find_element(By.ID, "run-name").text == XSS_NAME
     titles = [h.text for h in d.find_elements(By.CSS_SELECTOR, "#charts h3")]
     assert titles == ['"><svg onload="window.__xss=3">']
+    assert XSS_LOG in d.find_element(By.ID, "run-log").text  # shown as text
     browser.assert_clean()
 
 
 def test_a_running_run_updates_live_in_the_table_and_its_charts(browser, sqlite_server, runs):
-    from trackkit import ingest, put_record, record
+    from trackkit import put_record, record
 
     d = browser.driver
     put_record(sqlite_server, runs.key, record("live", "live run", {"lr": 0.5}, status="running"))

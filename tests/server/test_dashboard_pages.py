@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 from serverkit import child_env
-from trackkit import headers, make_run
+from trackkit import headers, ingest, make_run
 
 XSS_NAME = '<script>window.__xss=1</script>"><img src=x onerror="window.__xss=2">'
 XSS_CONFIG = "<img src=x onerror=alert(1)>"
@@ -170,6 +170,8 @@ def test_user_text_is_escaped_in_every_page(sqlite_server):
     make_run(
         sqlite_server, p.key, "xss-run", XSS_NAME, {"note": XSS_CONFIG}, {XSS_METRIC: [1.0, 2.0]}
     )
+    line = [{"t": 9.0, "message": XSS_CONFIG + " in the log"}]
+    assert ingest(sqlite_server, p.key, "xss-run", line, writer="console").status_code == 200
     for path in ("/", "/runs", "/runs/xss-run", "/compare?run=xss-run&run=xss-run"):
         html = requests.get(sqlite_server.url + path, headers=headers(p.key), timeout=30).text
         for raw in (
@@ -185,6 +187,7 @@ def test_user_text_is_escaped_in_every_page(sqlite_server):
         sqlite_server.url + "/runs/xss-run", headers=headers(p.key), timeout=30
     ).text
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt; in the log" in html  # the log, as text
     assert "\\u003csvg" in html  # the metric name in the page's JSON, escaped for HTML too
 
 
