@@ -205,3 +205,18 @@ def test_a_checkpoint_downloads_as_an_attachment(sqlite_server, project):
     assert r.content == b"checkpoint bytes"
     assert r.headers["content-disposition"].startswith("attachment")
     assert r.headers["content-security-policy"] == "sandbox"
+
+
+def test_the_runs_table_shows_every_kind_of_value_as_text(sqlite_server):
+    p = sqlite_server.quick_project()
+    config = {"layers": [64, "<b>x</b>"], "flag": True, "lr": 0.000123456, "opt": None}
+    make_run(sqlite_server, p.key, "kinds", "kinds", config, {"loss": [0.5]})
+    html = requests.get(sqlite_server.url + "/runs", headers=headers(p.key), timeout=30).text
+    cell = lambda col: re.search(rf'data-col="{re.escape(col)}">([^<]*)</td>', html).group(1)  # noqa: E731
+    assert cell("config.layers") == "[64, &#34;&lt;b&gt;x&lt;/b&gt;&#34;]"
+    assert (cell("config.flag"), cell("config.lr"), cell("config.opt")) == (
+        "True",
+        "0.00012346",
+        "–",
+    )
+    assert cell("metric.loss") == "0.5" and "<b>x</b>" not in html

@@ -14,6 +14,7 @@ The JSON the scripts read lives under ``/ui/data`` and takes the same session or
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -283,10 +284,14 @@ def _duration(seconds: float | None) -> str:
 
 
 def _fmt(v: Any) -> str:
+    """A value as the pages show it (the ``value`` macro of macros.html, in Python: the runs
+    table formats thousands of cells, too many for a macro call each)."""
     if v is None:
         return "–"
     if isinstance(v, float):
         return f"{v:.5g}"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=str)
     return str(v)
 
 
@@ -363,7 +368,12 @@ def _table_view(table: Table) -> dict[str, Any]:
     for run, cells in table.rows:
         cells = dict(cells)
         cells["started"] = _when(cells.get("started"))
-        rows.append({"id": run.id, "name": run.name, "cells": cells})
+        shown = [
+            (c["id"], "num" if c["numeric"] else "", _fmt(cells[c["id"]]))
+            for c in columns
+            if c["id"] not in ("name", "status")
+        ]
+        rows.append({"id": run.id, "name": run.name, "status": run.status, "shown": shown})
     return {
         "columns": columns,
         "rows": rows,
