@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,51 @@ def big():
 """
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_killed_local_upload_leaves_no_temporary_files_once_an_upload_succeeds(make_project):
+    """A real SIGKILL while `migrate data` copies a 72 MiB chunk into a local store leaves
+    the copy's hidden temporary file; the next successful upload removes it."""
+    root = make_project(BIG_PY)
+    (root / "blob.bin").write_bytes(os.urandom(72 * 1024 * 1024))
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "benchkit", "migrate", "data", "train.py"]
+    proc = subprocess.run([*cmd, "--chunk", "--workers", "1"], cwd=root, env=env, timeout=120)
+    assert proc.returncode == 0
+    folder = root / "store/datasets/big"
+    hidden = lambda: [p.name for p in folder.iterdir() if p.name.startswith(".")]  # noqa: E731
+    for _attempt in range(5):  # the copy is caught while it runs, or the upload is run again
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        up = subprocess.Popen([*cmd, "--upload"], cwd=root, env=env, stdout=subprocess.DEVNULL)
+        try:
+            while not hidden() and up.poll() is None:
+                time.sleep(0.001)
+            if up.poll() is None:
+                up.send_signal(signal.SIGKILL)
+        finally:
+            up.wait()
+        if up.returncode == -signal.SIGKILL and hidden():
+            break
+    else:
+        pytest.fail("five uploads of a 72 MiB chunk all finished before their copy was seen")
+    left = hidden()
+    assert all(n.endswith(".tmp") for n in left), left  # atomic_file's .<name>.<random>.tmp
+    assert not (folder / "index.json").exists()  # the killed upload never made it visible
+    proc = subprocess.run(
+        [*cmd, "--upload"], cwd=root, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(left)} leftovers of interrupted uploads removed" in flat(proc.stdout)
+    assert hidden() == []
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchkit", "datasets", "verify", "big"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def _hidden_keys(s3, bucket: str) -> set[str]:
     keys: set[str] = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -260,6 +306,83 @@ def test_killed_migrate_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
     head = s3.get_object(Bucket=s3_bucket, Key=f"p/datasets/big/{chunk.file}", Range="bytes=0-63")
     assert not head["Body"].read().startswith(MAGIC)  # a plain object, not a manifest
     assert int(head["ContentRange"].rsplit("/", 1)[1]) == chunk.bytes
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchkit", "datasets", "verify", "big"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _gcs_hidden_keys(bucket: str) -> set[str]:
+    """Keys with a hidden segment in a bucket of the GCS emulator, listed by its JSON API."""
+    import urllib.request
+
+    keys, token = set(), ""
+    base = os.environ["TENSORSTORE_GCS_HTTP_URL"]
+    while True:
+        with urllib.request.urlopen(
+            f"{base}/storage/v1/b/{bucket}/o?pageToken={token}", timeout=30
+        ) as resp:
+            page = json.load(resp)
+        keys |= {item["name"] for item in page.get("items", [])}
+        token = page.get("nextPageToken", "")
+        if not token:
+            return {k for k in keys if "/." in k}
+
+
+@pytest.mark.gcs
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_killed_gcs_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
+    make_project, gs_store_url
+):
+    """On GCS (tensorstore's gcs driver, on the emulator) a chunk bigger than a part is sent
+    as hidden parts and a manifest; `migrate data` SIGKILLed half way leaves parts, and the
+    next successful upload removes every one the manifest does not name."""
+    from benchkit.store import open_store
+    from benchkit.store.tensorstore import MAGIC
+
+    root = make_project(BIG_PY, store=None)
+    (root / "blob.bin").write_bytes(os.urandom(72 * 1024 * 1024))  # 3 parts of 32 MiB
+    bucket = gs_store_url.split("/")[2]
+    env = {**os.environ, "BENCHKIT_STORE": gs_store_url, "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "benchkit", "migrate", "data", "train.py"]
+    proc = subprocess.run(
+        [*cmd, "--chunk", "--workers", "1"], cwd=root, env=env, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    up = subprocess.Popen(
+        [*cmd, "--upload"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _gcs_hidden_keys(bucket):
+            assert up.poll() is None, up.communicate()
+            assert time.monotonic() < deadline, "the upload never wrote a part"
+            time.sleep(0.02)
+        up.send_signal(signal.SIGKILL)
+        up.wait()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == -signal.SIGKILL
+    killed = _gcs_hidden_keys(bucket)
+    assert killed, "the killed upload left parts"
+    store = open_store(gs_store_url)
+    assert not store.exists("datasets/big/index.json")
+
+    proc = subprocess.run(
+        [*cmd, "--upload"], cwd=root, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "leftovers of interrupted uploads removed" in flat(proc.stdout)
+    [chunk] = load_index(store, "big").chunks
+    manifest = store._store().read(f"datasets/big/{chunk.file}").result().value
+    assert manifest.startswith(MAGIC)
+    named = {f"prefix/{part}" for part, _ in json.loads(manifest[len(MAGIC) :])["parts"]}
+    assert _gcs_hidden_keys(bucket) == named and not (killed & named)
     proc = subprocess.run(
         [sys.executable, "-m", "benchkit", "datasets", "verify", "big"],
         cwd=root, env=env, capture_output=True, text=True, timeout=240,
