@@ -120,6 +120,44 @@ def test_store_down_at_the_end_keeps_everything_for_sync_and_sync_is_idempotent(
     assert points(switchable_store.path, rid) == [float(i) for i in range(POINTS)]
 
 
+def test_metrics_refused_to_the_end_are_noted_in_the_finished_record_and_sync_sends_them(
+    store, module, tmp_path, start_run, cli, wait_for, read_only
+):
+    """Only the run's metrics folder refuses writes (a read-only bind mount of it), from
+    step 100 to the end: the record, still writable, ends finished *and* says how many
+    records are not in the store and how to send them; `runs list` and `runs show` say so."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    path = module("logger.py", LOGGER)
+    proc = start_run(
+        "run", path, "--cpu", "-c", "back_at=-1", cwd=tmp_path,
+        env={"SIGNALS": str(signals), "BENCHKIT_DRAIN_TIMEOUT": "1"},
+    )  # fmt: skip
+    wait_for(signals / "logged", proc)  # after the checkpoint at step 50: metrics/ exists
+    [rid] = os.listdir(store / "runs")
+    with read_only(store / "runs" / rid / "metrics"):
+        (signals / "readonly").write_text("")
+        out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    s = open_store(store)
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.FINISHED and rec.ended
+    assert rec.unsent and rec.unsent["records"] > 0 and rec.unsent["reason"]
+    assert rec.unsent["command"] == f"benchkit sync {rid}"
+    assert len(points(store, rid)) < POINTS  # the fault did keep points out of the store
+    assert f"benchkit sync {rid}" in " ".join(out.split())
+    code, out, _ = cli("runs", "list")
+    assert code == 0 and "finished*" in out and "not in the store yet" in out
+    code, out, _ = cli("runs", "show", rid)
+    flat = " ".join(out.split())
+    assert f"{rec.unsent['records']} metric record(s) are not in the store yet" in flat
+    assert f"run: benchkit sync {rid}" in flat
+    code, _, err = cli("sync", runs.short_id(rid))
+    assert code == 0, err
+    assert runs.load_record(s, rid).unsent is None
+    assert points(store, rid) == [float(i) for i in range(POINTS)]
+
+
 def test_killed_run_shows_lost_and_sync_sends_what_it_journaled(
     switchable_store, module, tmp_path, start_run, cli, monkeypatch, wait_for
 ):
