@@ -2,7 +2,8 @@
 
 Library code (data, training, code) prints user-facing notices through :data:`err_console`
 and builds every progress bar with :func:`make_progress`; the command line (``benchkit.cli``)
-re-exports both consoles. Diagnostics go through ``logging``, not here.
+re-exports both consoles. A notice that tells the user what to run next prints the command
+on a line of its own with :func:`print_hint`. Diagnostics go through ``logging``, not here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from rich.text import Text
 console = Console()
 #: Notices, progress and errors (stderr), so stdout stays clean for ``--json``.
 err_console = Console(stderr=True)
+
+
+def print_hint(message: str, command: str, to: Console | None = None) -> None:
+    """Print ``message`` (rich markup; it may wrap), then ``command`` alone on the next line,
+    indented: a command is never split across lines, whatever the terminal's width."""
+    out = to if to is not None else err_console
+    out.print(message, highlight=False)
+    out.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
 
 
 class RateColumn(ProgressColumn):

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.table import Table
 
-from benchkit.console import console, err_console  # noqa: F401  (re-exported)
+from benchkit.console import console, err_console, print_hint  # noqa: F401  (re-exported)
 from benchkit.units import human_bytes  # noqa: F401  (re-exported for the command modules)
 
 

@@ -19,6 +19,7 @@ from benchkit.cli.common import (
     console,
     err_console,
     human_bytes,
+    print_hint,
     print_json,
     print_table,
 )
@@ -340,9 +341,9 @@ def cmd_runs_show(args: Any) -> int:
             if last
             else "?"
         )
-        console.print(f"[magenta]lost:[/magenta] recorded as running, but its last heartbeat was at {when}; "
-                      "the process was killed or its machine is gone. Resume it with `benchkit run "
-                      f"--resume {runs.short_id(rec.id)}`", highlight=False, soft_wrap=True)  # fmt: skip
+        print_hint(f"[magenta]lost:[/magenta] recorded as running, but its last heartbeat was at {when}; "
+                   "the process was killed or its machine is gone. Resume it with:",
+                   f"benchkit run --resume {runs.short_id(rec.id)}", to=console)  # fmt: skip
     if rec.resumed:
         console.print(f"resumed at {', '.join(rec.resumed)}")
     if rec.code_version is not None or rec.git:
@@ -358,9 +359,9 @@ def cmd_runs_show(args: Any) -> int:
                       + (f", best checkpoint {rec.best_checkpoint}" if rec.best_checkpoint else ""),
                       highlight=False)  # fmt: skip
     if rec.unsent:
-        console.print(f"[yellow]{rec.unsent.get('records')} metric record(s) are not in the store yet[/yellow] "
-                      f"(kept in {rec.unsent.get('journal')} on {rec.unsent.get('host')}); there, run: "
-                      f"{rec.unsent.get('command')}", highlight=False, soft_wrap=True)  # fmt: skip
+        print_hint(f"[yellow]{rec.unsent.get('records')} metric record(s) are not in the store yet[/yellow] "
+                   f"(kept in {rec.unsent.get('journal')} on {rec.unsent.get('host')}); there, run:",
+                   str(rec.unsent.get("command")), to=console)  # fmt: skip
     if rec.rebuilt:
         console.print(f"[yellow]record rebuilt[/yellow] at {rec.rebuilt.get('time')} from "
                       f"{', '.join(rec.rebuilt.get('from') or []) or 'nothing'}; the damaged one is "

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchkit.console import console, err_console
+from benchkit.console import console, print_hint
 from benchkit.errors import BenchKitError, CheckpointError, TrainError
 from benchkit.store import Store, open_store
 from benchkit.training import checkpoints as ckpt
@@ -183,7 +183,8 @@ class Run:
         project: project name given to the trackers.
         output_dir: local directory for this run's files (default: under the BenchKit data dir).
         accelerator_kwargs: more keyword arguments for ``Accelerator``.
-        code_version, git: recorded in the run record (``benchkit run`` fills them in).
+        code_version, git, module: recorded in the run record (``benchkit run`` fills them
+            in; ``module`` is the training module's path, which ``run --resume ID`` reuses).
     """
 
     def __init__(
@@ -205,6 +206,7 @@ class Run:
         git: dict[str, Any] | None = None,
         monitor: str | None = None,
         mode: str | None = None,
+        module: str | None = None,
     ) -> None:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import broadcast_object_list, set_seed
@@ -257,6 +259,8 @@ class Run:
         if self.is_main_process:
             provenance = {"code_version": code_version, "git": git, "monitor": self.monitor,
                           "mode": self.mode, "datasets": sorted(self.datasets)}  # fmt: skip
+            if module is not None:
+                provenance["module"] = module
             self._open_record(resume, provenance)
         if resume:
             self._resume_from = ckpt.latest_checkpoint(self.store, self.run_id)
@@ -332,11 +336,10 @@ class Run:
             runs.update_record(self.store, self.run_id, lambda rec: apply_final(rec, final))
         except BenchKitError as e:
             path = save_pending_record(self.run_id, self.store.url, final)
-            err_console.print(
+            print_hint(
                 f"[yellow]the final record of run {self.run_id} could not be written ({e}); "
-                f"it is kept in {path}. Write it with:[/yellow]\n  benchkit sync {self.run_id}",
-                highlight=False,
-                soft_wrap=True,
+                f"it is kept in {path}. Write it with:[/yellow]",
+                f"benchkit sync {self.run_id}",
             )
 
     def __enter__(self) -> Run:
@@ -589,12 +592,10 @@ class Run:
         if self._last_checkpoint_step != self.step:
             name = self.save_checkpoint()
             if self.is_main_process:
-                err_console.print(
+                print_hint(
                     f"[yellow]{reason}: checkpoint {name} saved; stopping run "
-                    f"{self.run_id}[/yellow] (continue it with `benchkit run --resume "
-                    f"{runs.short_id(self.run_id)}`)",
-                    highlight=False,
-                    soft_wrap=True,
+                    f"{self.run_id}[/yellow]; continue it with:",
+                    f"benchkit run --resume {runs.short_id(self.run_id)}",
                 )
         raise StopRun(reason)
 

@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from benchkit.code.package import EMBEDDED_MANIFEST, checkout, list_versions
-from benchkit.console import err_console
+from benchkit.console import err_console, print_hint
 from benchkit.data.declare import datasets_in_module, datasets_in_project
 from benchkit.data.migrate import ensure_migrated, stale_dataset
 from benchkit.errors import BenchKitError, ConfigError, DataError, DatasetNotFound, TrainError
@@ -271,9 +271,11 @@ def processes_from(value: str | int | None) -> int:
 def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
     """Resolve the file (or code version), the train function, the store, the datasets and
     the config: everything that must happen once, before any training process starts."""
-    file, store_url = req.file, req.store
-    if req.version is not None:
-        file, store_url = checkout_version(req.version, store_url)
+    file, store_url, version = req.file, req.store, req.version
+    if not file and version is None and req.resume:  # `run --resume ID`: the run's own module
+        file, version = module_of_run(req.resume, store_url)
+    if version is not None:
+        file, store_url = checkout_version(version, store_url)
     if not file:
         raise ConfigError("give the training module: benchkit run train.py (or --version N)")
     settings = load_settings({"store": store_url}, project_dir=Path(file).resolve().parent)
@@ -321,10 +323,26 @@ def prepare_run(req: RunRequest) -> tuple[RunSpec, ModuleType]:
         project=settings.project,
         log_with=list(req.log_with),
         classic=classic,
-        code_version=req.version if req.version is not None else packaged_version(store, file),
+        code_version=version if version is not None else packaged_version(store, file),
         git=git_state(Path(file).resolve().parent),
     )
     return spec, module
+
+
+def module_of_run(ref: str, store_url: str | None) -> tuple[str | None, int | None]:
+    """The training module of run ``ref`` (a path, None) when it is still on this machine,
+    else its stored code version (None, N); a ConfigError naming what to give otherwise."""
+    store = open_store(load_settings({"store": store_url}).store)
+    rec = runs.load_record(store, runs.resolve_run(store, ref))
+    if rec.module and Path(rec.module).is_file():
+        return rec.module, None
+    if rec.code_version is not None:
+        return None, rec.code_version
+    where = f" (it ran {rec.module}, which is not on this machine)" if rec.module else ""
+    raise ConfigError(
+        f"give the training module of run {rec.id}{where}: benchkit run path/to/train.py "
+        f"--resume {runs.short_id(rec.id)}"
+    )
 
 
 def given_run_id(store: Store, name: str, given: str | None) -> str:
@@ -433,6 +451,7 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         git=spec.git,
         monitor=getattr(fn, "monitor", None),
         mode=getattr(fn, "mode", None),
+        module=spec.file,
     )
     if run.is_main_process:
         verb = "resuming" if spec.resume else "run"
@@ -448,7 +467,7 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         why = f"interrupted ({e})" if isinstance(e, StopRun) else "interrupted (KeyboardInterrupt)"
         run.finish(runs.INTERRUPTED, why)
         if run.is_main_process:
-            err_console.print(f"[yellow]run {run.run_id} {why}[/yellow]", highlight=False)
+            say_interrupted(run.store, run.run_id, why)
         return exit_status(e)
     except BaseException as e:
         tb = traceback.format_exc()
@@ -465,14 +484,24 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         return 1
     run.finish(runs.FINISHED)
     if run.is_main_process:
-        # soft_wrap: a command is printed whole, never split across lines by the console width
-        err_console.print(
-            f"[green]run {run.run_id} finished[/green]; see it with: benchkit runs show "
-            f"{runs.short_id(run.run_id)}",
-            highlight=False,
-            soft_wrap=True,
+        print_hint(
+            f"[green]run {run.run_id} finished[/green]; see it with:",
+            f"benchkit runs show {runs.short_id(run.run_id)}",
         )
     return 0
+
+
+def say_interrupted(store: Store, run_id: str, why: str) -> None:
+    """Tell the user the run stopped and, when it has a checkpoint, how to continue it."""
+    message = f"[yellow]run {run_id} {why}[/yellow]"
+    try:
+        resumable = ckpt.latest_checkpoint(store, run_id) is not None
+    except BenchKitError:  # the store is down: saying so is the final record's business
+        resumable = False
+    if not resumable:
+        err_console.print(message, highlight=False)
+        return
+    print_hint(f"{message}; continue it with:", f"benchkit run --resume {runs.short_id(run_id)}")
 
 
 #: Seconds between a SIGTERM and giving up on a step boundary (then: stop without checkpoint).
@@ -598,13 +627,13 @@ def launch_torchrun(spec: RunSpec, n: int) -> int:
             proc.kill()
             proc.wait()
         _mark_if_running(spec, runs.INTERRUPTED, "interrupted (KeyboardInterrupt)")
-        err_console.print(f"[yellow]run {spec.run_id} interrupted[/yellow]")
+        say_interrupted(open_store(spec.store), spec.run_id, "interrupted")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     if terminated:
         _mark_if_running(spec, runs.INTERRUPTED, "interrupted (SIGTERM)")
-        err_console.print(f"[yellow]run {spec.run_id} interrupted (SIGTERM)[/yellow]")
+        say_interrupted(open_store(spec.store), spec.run_id, "interrupted (SIGTERM)")
         return 128 + signal.SIGTERM
     if code != 0:
         status = _mark_if_running(spec, runs.FAILED, f"torchrun exited with status {code}")

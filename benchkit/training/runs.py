@@ -132,6 +132,8 @@ class RunRecord:
     best_checkpoint: str | None = None
     #: the datasets the training module declares
     datasets: list[str] = field(default_factory=list)
+    #: the training module's absolute path (``benchkit run --resume ID`` runs it again)
+    module: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from accelerate.tracking import GeneralTracker
 
-from benchkit.console import err_console
+from benchkit.console import print_hint
 from benchkit.errors import BenchKitError, ConfigError, TrainError
 from benchkit.store import Store, open_store
 from benchkit.training import runs
@@ -321,12 +321,10 @@ class BenchTracker(GeneralTracker):
             "command": f"benchkit sync {self.run_id}",
         }
         why = "BENCHKIT_MODE=offline" if self.offline else f"store {self.store.url} failed"
-        err_console.print(
+        print_hint(
             f"[yellow]{left} metric record(s) of run {self.run_id} are not in the store yet "
-            f"({why}); they are kept in {self.journal.dir}. Send them with:[/yellow]\n"
-            f"  benchkit sync {self.run_id}",
-            highlight=False,
-            soft_wrap=True,
+            f"({why}); they are kept in {self.journal.dir}. Send them with:[/yellow]",
+            f"benchkit sync {self.run_id}",
         )
 
     # --- background work -------------------------------------------------------------------

@@ -153,3 +153,43 @@ def fit(run):
     assert code == 1 and "ghost" in err
     rec = only_run(store)
     assert rec.status == runs.FAILED and "ghost" in rec.traceback
+
+
+STOPPABLE = """
+import benchkit as bench
+
+
+@bench.train(config={"epochs": 2, "stop": True})
+def fit(run):
+    for epoch in run.epochs():
+        run.log({"epoch": float(epoch)})
+        run.save_checkpoint()
+        if run.config.stop:
+            raise KeyboardInterrupt
+"""
+
+
+def test_the_printed_resume_command_continues_the_run_from_its_recorded_module(
+    cli, module, store, tmp_path, monkeypatch
+):
+    path = module("stoppable.py", STOPPABLE)
+    code, _, err = cli("run", path, "--cpu")
+    assert code == 130
+    s = open_store(store)
+    [rid] = runs.list_run_ids(s)
+    assert runs.load_record(s, rid).module == str(path.resolve())
+    command = f"  benchkit run --resume {runs.short_id(rid)}"
+    assert command in err.splitlines(), err  # whole, on a line of its own
+    monkeypatch.chdir(tmp_path.parent)  # the module is not in this directory
+    code, _, err = cli(*command.split()[1:], "--cpu", "-c", "stop=false")
+    assert code == 0, err
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.FINISHED and [c["name"] for c in rec.checkpoints] == [
+        "epoch-0001", "epoch-0002",
+    ]  # fmt: skip
+    path.rename(path.with_name("moved.py"))
+    code, _, err = cli("run", "--resume", runs.short_id(rid), "--cpu")
+    flat = " ".join(err.split())
+    assert code == 1 and f"give the training module of run {rid}" in flat
+    assert f"it ran {path.resolve()}, which is not on this machine" in flat
+    assert f"benchkit run path/to/train.py --resume {runs.short_id(rid)}" in flat

@@ -83,10 +83,8 @@ def test_metrics_survive_a_store_that_refuses_writes_for_3_seconds(
     assert rec.status == runs.FINISHED and rec.unsent is None
     assert points(switchable_store.path, rid) == [float(i) for i in range(POINTS)]
     assert "sync" not in out  # nothing was left to send
-    # the closing hint is one whole command, even on a 40-column terminal
-    assert any(
-        line.endswith(f"benchkit runs show {runs.short_id(rid)}") for line in out.splitlines()
-    )
+    # the closing hint's command is alone on its line, whole, even on a 40-column terminal
+    assert f"  benchkit runs show {runs.short_id(rid)}" in out.splitlines()
 
 
 def test_store_down_at_the_end_keeps_everything_for_sync_and_sync_is_idempotent(
@@ -188,7 +186,7 @@ def test_killed_run_shows_lost_and_sync_sends_what_it_journaled(
     code, out, _ = cli("runs", "list", "--json")
     assert json.loads(out)[0]["status"] == "lost"
     code, out, _ = cli("runs", "show", rid)
-    assert "lost" in out and "--resume" in " ".join(out.split())
+    assert "lost" in out and f"  benchkit run --resume {runs.short_id(rid)}" in out.splitlines()
     code, out, err = cli("sync", rid)  # a crashed run: its journal's torn tail is ignored
     assert code == 0, err
     assert points(switchable_store.path, rid) == [float(i) for i in range(301)]
@@ -322,7 +320,7 @@ def fit(run):
 
 @pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.multiprocess)])
 def test_sigterm_checkpoints_at_the_next_step_and_ends_interrupted(
-    store, module, tmp_path, start_run, wait_for, cli, processes
+    store, module, tmp_path, start_run, wait_for, cli, processes, monkeypatch
 ):
     signals = tmp_path / "signals"
     signals.mkdir()
@@ -340,8 +338,11 @@ def test_sigterm_checkpoints_at_the_next_step_and_ends_interrupted(
     assert rec.status == runs.INTERRUPTED and "SIGTERM" in rec.traceback
     [saved] = rec.checkpoints  # one mid-epoch checkpoint, taken once for all processes
     assert saved["name"].startswith("epoch-0001-step-") and saved["step"] >= 16
-    assert f"--resume {runs.short_id(rid)}" in " ".join(out.split())
-    code, _, err = cli("run", path, "--cpu", "--resume", runs.short_id(rid), "-c", "pause=0")
+    # the printed command, alone on its line, continues the run as it is (no module needed)
+    hint = f"  benchkit run --resume {runs.short_id(rid)}"
+    assert hint in out.splitlines(), out
+    monkeypatch.chdir(tmp_path.parent)  # anywhere: the run knows its module
+    code, _, err = cli(*hint.split()[1:], "--cpu", "-c", "pause=0")
     assert code == 0, err
     rec = runs.load_record(s, rid)
     assert rec.status == runs.FINISHED and rec.checkpoints[-1]["name"] == "epoch-0002"
