@@ -236,6 +236,50 @@ def fit(run):
     assert lrs == [0.125, 0.125, 0.125]  # never the default 0.5
 
 
+def test_a_record_the_store_cannot_read_for_a_moment_is_retried_not_replaced(store):
+    """While a checkpoint is saved, the store fails to read ``run.json`` (here: it is a
+    symbolic link loop, an OSError that is neither 'missing' nor 'damaged'); the read is
+    retried, and once the store reads it again the record keeps its name and config."""
+    import logging
+
+    import torch
+
+    import benchkit as bench
+
+    record_file: list = []
+
+    class RestoreOnRetry(logging.Handler):
+        """Puts run.json back when the first failed read is logged (so the fault holds for
+        exactly one attempt, whatever the machine's speed)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage() and record_file:
+                path, text = record_file.pop()
+                path.unlink()
+                path.write_text(text)
+
+    handler = RestoreOnRetry(logging.WARNING)
+    logging.getLogger("benchkit.training.runs").addHandler(handler)
+    try:
+        with bench.Run({"epochs": 2, "lr": 0.125}, name="kept", cpu=True) as run:
+            run.prepare(torch.nn.Linear(2, 1))  # a checkpoint holds a model
+            for epoch in run.epochs():
+                run.log({"epoch": float(epoch)})
+                if epoch == 1:
+                    path = store / "runs" / run.run_id / "run.json"
+                    record_file.append((path, path.read_text()))
+                    path.unlink()
+                    path.symlink_to(path.name)  # reading it now fails with ELOOP
+                run.save_checkpoint()
+    finally:
+        logging.getLogger("benchkit.training.runs").removeHandler(handler)
+    assert not record_file, "the fault was never hit"
+    rec = runs.load_record(open_store(store), run.run_id)
+    assert rec.name == "kept" and rec.config["lr"] == 0.125 and rec.rebuilt is None
+    assert [c["name"] for c in rec.checkpoints] == ["epoch-0001", "epoch-0002"]
+    assert rec.status == runs.FINISHED
+
+
 def test_runs_list_skips_an_unreadable_record_with_a_warning(store, module, cli):
     path = module(
         "two.py",
