@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="",
         metavar="RUN_ID",
-        help="continue a run from its latest checkpoint (default: the latest run of this name)",
+        help="continue a run from its latest checkpoint (default: the latest run of this name); "
+        "without FILE, the module the run recorded",
     )
     p.add_argument(
         "--version", type=int, metavar="N", help="run stored code version N instead of FILE"
