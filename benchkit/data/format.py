@@ -39,7 +39,7 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -776,6 +776,35 @@ class ChunkReader:
         if self._unchecked is not None:
             self._verify(start, end)
         return self._buf[start:end]
+
+    def will_read(self, indices: Iterable[int]) -> None:
+        """Ask the kernel to start reading the bytes samples ``indices`` need (their records,
+        widened to whole blocks while those are unchecked) in the background, all at once, so
+        the reads that follow find them in the page cache instead of faulting them in one at a
+        time. A hint: errors are ignored, nothing is checked here."""
+        buf, mm = self._buf, self._mm
+        if buf is None or mm is None or not hasattr(mm, "madvise"):
+            return
+        bb = self._block_bytes if self._unchecked is not None else 0
+        spans = []
+        for i in indices:
+            if not 0 <= i < self._count:
+                continue
+            lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
+            if bb:
+                lo, hi = lo - lo % bb, min(len(buf), -(-hi // bb) * bb)
+            spans.append((lo - lo % mmap.PAGESIZE, hi))
+        spans.sort()
+        merged: list[list[int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        for lo, hi in merged:
+            if hi > lo:
+                with contextlib.suppress(OSError, ValueError):
+                    mm.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
 
     def __getitem__(self, i: int) -> Any:
         rec = self.raw(i)

@@ -307,6 +307,23 @@ class Window:
         reader = self._readers[c] = self.source.open(c, self.prefetcher)
         return reader
 
+    def will_read(self, positions: Any, chunks: Any, idxs: Any) -> None:
+        """The samples at plan ``positions`` (``chunks``/``idxs`` from the order's lookup) come
+        next: have the kernel read them (and their unchecked blocks) all at once, in the
+        background, rather than one page fault at a time (see ``ChunkReader.will_read``). Only
+        the window of the first position, so no reader is opened ahead of its window."""
+        if not len(positions):
+            return
+        w = self._window_of[int(chunks[0])]
+        wanted: dict[int, list[int]] = {}
+        first: dict[int, int] = {}
+        for p, c, i in zip(positions.tolist(), chunks.tolist(), idxs.tolist(), strict=True):
+            if self._window_of[c] == w:
+                wanted.setdefault(c, []).append(i)
+                first.setdefault(c, p)
+        for c, indices in wanted.items():
+            self.reader(c, first[c]).will_read(indices)
+
     def close(self) -> None:
         for reader in self._readers.values():
             self.source.close(reader)

@@ -372,9 +372,13 @@ class IterableChunk(IterableDataset):
         # local chunks are read ahead only once the first sample is out (see the loader)
         later = wanted and source.local
         window = Window(source, order, prefetcher)
+        hint = source.local  # the first batch's reads, issued at once (cold page cache)
         try:
             for positions in self._shard(info).positions(total, start):
                 chunks, idxs = order.lookup(positions)
+                if hint:
+                    n, hint = self._block, False
+                    window.will_read(positions[:n], chunks[:n], idxs[:n])
                 for p, c, i in zip(positions.tolist(), chunks.tolist(), idxs.tolist(), strict=True):
                     sample = window.reader(c, p)[i]
                     self._consumed_here += 1

@@ -145,3 +145,23 @@ def test_readers_of_one_machine_share_the_blocks_they_checked(tmp_path):
             checked=marks.block_map(path, w.sha256, os.stat(path), count),
         )
         c[len(c) - 1]
+
+
+def test_will_read_is_only_a_hint_and_checks_nothing(tmp_path):
+    """The first batch's reads are issued at once (madvise) before its samples are read; the
+    hint neither checks blocks nor lets a damaged one through, whatever indices it is given."""
+    path, w = _write(tmp_path)
+    data = bytearray(path.read_bytes())
+    with ChunkReader(path, blocks=w.blocks, block_bytes=BLOCK) as r:
+        last = r._offsets[len(r) - 1]
+    data[last + 5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = ChunkReader(path, blocks=w.blocks, block_bytes=BLOCK)
+    checked = bytes(r._checked)
+    r.will_read([0, 3, len(r) - 1, len(r) + 7, -2])  # out-of-range ones are ignored
+    assert bytes(r._checked) == checked and not r.fully_verified
+    assert r[3] == (3, bytes([3]) * 1500)
+    with pytest.raises(CorruptChunk, match="checksum mismatch in block"):
+        r[len(r) - 1]
+    r.close()
+    r.will_read([0])  # closed: nothing happens

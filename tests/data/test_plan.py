@@ -150,3 +150,14 @@ def test_empty_and_tiny_datasets():
     sh = Shard(2, 3)
     assert [p.tolist() for p in sh.positions(1)] == [[0]]
     assert GlobalOrder([], shuffle=True).first_use() == []
+
+
+def test_unique_first_is_np_unique_with_first_indices():
+    from benchkit.data.plan import unique_first
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 500):
+        values = rng.integers(0, 9, n)
+        got, first = unique_first(values)
+        want, want_first = np.unique(values, return_index=True)
+        assert got.tolist() == want.tolist() and first.tolist() == want_first.tolist()
