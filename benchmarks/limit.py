@@ -100,12 +100,15 @@ def s3_read(preset, repeats: int, threads: int = 4) -> list[float]:
 
     from s3 import BUCKET, client, moto_server, upload_tree
 
-    # Streaming's MDS shards are plain whole objects of the same bytes, one per shard
-    local = shards_dir(preset, "streaming")
+    # Streaming's MDS shards are plain whole objects of the same bytes, one per shard; without
+    # them (a run of BenchKit alone), BenchKit's chunk files, the same bytes again
+    local, pattern = shards_dir(preset, "streaming"), "*.mds"
+    if not any(local.rglob(pattern)):
+        local, pattern = shards_dir(preset, "benchkit"), "*.bkc"
     with moto_server() as endpoint:
         upload_tree(endpoint, local, "limit")
         c = client(endpoint)
-        keys = [f"limit/{p.relative_to(local).as_posix()}" for p in sorted(local.rglob("*.mds"))]
+        keys = [f"limit/{p.relative_to(local).as_posix()}" for p in sorted(local.rglob(pattern))]
 
         def get(key: str) -> int:
             body = c.get_object(Bucket=BUCKET, Key=key)["Body"]

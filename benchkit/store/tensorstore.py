@@ -76,8 +76,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import tensorstore as ts
-
 from benchkit.errors import (
     InvalidKey,
     ObjectNotFound,
@@ -135,9 +133,17 @@ def _key_successor(prefix: bytes) -> bytes:
     return bytes(p)
 
 
+def _ts() -> Any:
+    """The tensorstore module, imported on first use: the S3 backend (a subclass) never needs
+    it, and importing it costs a second or more on a loaded machine."""
+    import tensorstore
+
+    return tensorstore
+
+
 def _prefix_range(prefix: str) -> Any:
     raw = prefix.encode()
-    return ts.KvStore.KeyRange(raw, _key_successor(raw))
+    return _ts().KvStore.KeyRange(raw, _key_successor(raw))
 
 
 def _split(data: bytes, block_size: int) -> Iterator[bytes]:
@@ -305,7 +311,7 @@ class TensorStoreStore(Store):
                 name = self.spec["name"]
                 with _memory_lock:
                     if name not in _memory_handles:
-                        _memory_handles[name] = ts.KvStore.open({"driver": "memory"}).result()
+                        _memory_handles[name] = _ts().KvStore.open({"driver": "memory"}).result()
                     kv = _memory_handles[name]
             else:
                 if _threads_pid is not None and _threads_pid != pid:
@@ -317,7 +323,7 @@ class TensorStoreStore(Store):
                     )
                 spec = {k: v for k, v in self.spec.items()}
                 try:
-                    kv = ts.KvStore.open(spec).result()
+                    kv = _ts().KvStore.open(spec).result()
                 except ValueError as e:
                     raise self._error(e, None, "open") from e
                 _threads_pid = pid
