@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run COMMAND in a new temporary directory, deleted at the end")  # fmt: skip
     p.add_argument("--remove", type=Path, action="append", default=[], metavar="DIR",
                    help="delete DIR once COMMAND has ended; repeatable")  # fmt: skip
+    p.add_argument("--pid-file", type=Path, metavar="FILE",
+                   help="write COMMAND's pid, process group and start time here once started")  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(func=cmd_job_shim)
 
@@ -95,7 +97,7 @@ def cmd_job_shim(args: Any) -> int:
     if cwd is not None:
         cwd.mkdir(parents=True, exist_ok=True)
     opts = ShimOptions(flush_s=args.flush, heartbeat_s=args.heartbeat, grace_s=args.grace,
-                       remove=remove, cwd=cwd, own_process=True)  # fmt: skip
+                       remove=remove, cwd=cwd, own_process=True, pid_file=args.pid_file)  # fmt: skip
     return run_shim(store, args.job, command, opts)
 
 
@@ -452,7 +454,8 @@ def cmd_jobs_list(args: Any) -> int:
                      j["message"][:60]])  # fmt: skip
     title = "Jobs" if args.all else "Queued and running jobs"
     print_table(title, ["#", "job", "run", "state", "version", "nodes x procs", "executor",
-                        "created (UTC)", "duration", "message"], rows)  # fmt: skip
+                        "created (UTC)", "duration", "message"], rows,
+                no_wrap=("job", "run"))  # fmt: skip
     return 0
 
 

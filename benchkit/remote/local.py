@@ -41,6 +41,8 @@ from benchkit.remote.spec import JobSpec, check_job_id
 log = logging.getLogger(__name__)
 
 QUEUED, LAUNCHED, CANCELLED = "queued", "launched", "cancelled"
+#: written by the shim in the job's directory: its command's pid, process group, start time
+CHILD = "child.json"
 
 
 @dataclass
@@ -200,6 +202,8 @@ class LocalExecutor(Executor):
                         job.returncode = code
                         self._save(job)
                         self._cond.notify_all()
+                        if code < 0:  # the shim itself was killed: its job must not run on
+                            self._kill_leftovers(job.spec.job_id)
 
     def _launch(self, job: _Job) -> None:
         spec = job.spec
@@ -208,7 +212,7 @@ class LocalExecutor(Executor):
         inner = job_run_command(self.python, spec, ["--env-root", str(self.env_root)])
         cmd = shim_command(
             spec, self.python, inner, heartbeat_s=self.heartbeat_s, flush_s=self.flush_s,
-            extra=["--cwd", str(work), "--remove", str(work)],
+            extra=["--cwd", str(work), "--remove", str(work), "--pid-file", str(d / CHILD)],
         )  # fmt: skip
         env = {**os.environ, **self.env, **spec.env}
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -330,6 +334,27 @@ class LocalExecutor(Executor):
             for child in children_of(job.pid):  # the job's group (the shim's child leads it)
                 signal_group(child, signal.SIGKILL)
             signal_group(job.pid, signal.SIGKILL)
+        self._kill_leftovers(job.spec.job_id)
+
+    def _kill_leftovers(self, job_id: str) -> bool:
+        """SIGKILL what is left of the job's process group once its shim is gone. A shim that
+        ends normally has done it already; this is for a shim that was killed (``kill -9``,
+        the OOM killer), whose training processes would otherwise run on unsupervised.
+        True when there was a group to kill."""
+        try:
+            rec = json.loads((self._dir(job_id) / CHILD).read_text())
+            pgid, leader, started = int(rec["pgid"]), int(rec["pid"]), rec.get("start_time")
+        except (OSError, ValueError, KeyError, TypeError, JobError):
+            return False
+        now = start_time(leader)
+        if now is not None and now != started:
+            return False  # the leader's pid belongs to another process now: not our group
+        # with the leader gone, the group id cannot be reused while any member lives
+        killed = signal_group(pgid, signal.SIGKILL)
+        if killed:
+            log.warning("job %s: its supervisor is gone; killed what was left of its processes "
+                        "(process group %d)", job_id, pgid)  # fmt: skip
+        return killed
 
     def release(self, handle: str) -> None:
         with self._cond:
@@ -340,6 +365,7 @@ class LocalExecutor(Executor):
         with self._cond:
             if job is not None and job.alive():
                 raise JobError(f"job {handle} is still running; cancel it first")
+            self._kill_leftovers(handle)
             self._jobs.pop(handle, None)
             if handle in self._queue:
                 self._queue.remove(handle)

@@ -66,6 +66,9 @@ class ShimOptions:
     #: the shim is a process of its own (``benchkit job-shim``): become a child subreaper and
     #: reap every child at the end. Off when the shim runs inside another program (tests).
     own_process: bool = False
+    #: where the command's pid, process group and start time are written once it has started,
+    #: so that whoever started the shim can stop the job's processes even if the shim dies
+    pid_file: Path | None = None
 
 
 class LogWriter:
@@ -277,6 +280,21 @@ class Shim:
         except Exception as e:
             log.warning("job %s: heartbeat not written (%s)", self.job_id, e)
 
+    def _write_pid_file(self, path: Path) -> None:
+        import json
+
+        from benchkit.fsutil import atomic_file
+        from benchkit.remote.procs import start_time
+
+        assert self.proc is not None
+        record = {"pid": self.proc.pid, "pgid": self.pgid, "start_time": start_time(self.proc.pid),
+                  "shim_pid": os.getpid()}  # fmt: skip
+        try:
+            with atomic_file(Path(path)) as f:
+                f.write(json.dumps(record).encode())
+        except OSError as e:  # the shim still stops its command itself; only the backstop is lost
+            log.warning("job %s: %s not written (%s)", self.job_id, path, e)
+
     # --- the run -----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -310,6 +328,8 @@ class Shim:
             return self._finish(127, None, f"the command could not start: {e}")
         os.close(write_fd)
         self.pgid = self.proc.pid  # start_new_session: the child leads its own group
+        if self.opts.pid_file is not None:
+            self._write_pid_file(self.opts.pid_file)
         if self.stop_requested:  # a signal arrived while the child was being started
             signal_group(self.pgid, signal.SIGINT)
         reader = threading.Thread(target=self._read_output, args=(read_fd,), daemon=True)

@@ -121,3 +121,31 @@ def job_server(tmp_root: Path, *flags: str, **env: str):
     server = JobServer(data, **{**FAST_JOBS, **home, **env})
     server.cli("projects")  # schema and key file, as an admin would before the first start
     return server.start()
+
+
+def make_wheel(directory: Path, name: str, version: str, source: str) -> Path:
+    """A pure-Python wheel of one module ``name`` (``source``) in ``directory``, for pip to
+    install offline (``PIP_FIND_LINKS=directory PIP_NO_INDEX=1``)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from remotekit import job_env, wait_for
+from remotekit import job_env, make_wheel, wait_for
 
 from benchkit.errors import JobError
 from benchkit.remote import joblog
@@ -49,8 +49,11 @@ def _ended(ex, handle, timeout=300):
 @pytest.mark.slow
 def test_jobs_wait_for_their_gpus_first_come_first_served(make_executor, tmp_path, tiny_version):
     store = LocalStore(tmp_path / "store")
-    version = tiny_version(store)
-    ex = make_executor(slots=2, gpus=1)  # one GPU to hand out (a machine without any is fine:
+    make_wheel(tmp_path / "wheels", "bkgpu", "1.0", "")  # a requirement pip installs offline
+    version = tiny_version(store, requirements="torch\nbkgpu==1.0\n")
+    ex = make_executor(
+        slots=2, gpus=1, PIP_FIND_LINKS=str(tmp_path / "wheels"), PIP_NO_INDEX="1"
+    )  # one GPU to hand out (a machine without any is fine:
     # the job's torch then finds none and trains on the CPU)
     first = JobSpec(job_id="first", store=str(store.root), version=version, gpus=1,
                     config=["steps=3"])  # fmt: skip
@@ -64,12 +67,14 @@ def test_jobs_wait_for_their_gpus_first_come_first_served(make_executor, tmp_pat
     log = joblog.read_log(store, "first")[0].decode()
     assert obs.state == EngineState.SUCCEEDED, log + ex.engine_logs("first")[0]
     assert "checksums verified" in log and "step 2 " in log and "devices 0" in log
+    assert "building environment" in log and "torch: the machine's own is used" in log
     assert runs.load_record(store, "first").status == runs.FINISHED
     assert not (ex.jobs_dir / "first" / "work").exists()  # the checkout went with the job
     first_end = joblog.read_exit(store, "first").ended
     assert _ended(ex, "second").state == EngineState.SUCCEEDED
     assert joblog.read_heartbeat(store, "second").started >= first_end - 1.0
-    assert "environment" in joblog.read_log(store, "second")[0].decode()  # reused
+    second_log = joblog.read_log(store, "second")[0].decode()
+    assert "reused (1 requirement(s))" in second_log and "building" not in second_log
     assert not _job_processes("first", "second")
     ex.release("first")
     assert ex.observe("first").state == EngineState.UNKNOWN and not (ex.jobs_dir / "first").exists()

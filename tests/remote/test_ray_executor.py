@@ -73,3 +73,57 @@ def test_an_unknown_job_is_unknown_and_a_wrong_token_is_a_clear_error(ray_head):
     good = RayExecutor(ray_head.address, token=ray_head.token)
     assert good.check() == "2.60.0"
     assert good.observe("no-such-job").state == EngineState.UNKNOWN
+
+
+def test_the_sweep_stops_and_deletes_ray_jobs_the_server_does_not_know(ray_head, tmp_path):
+    """Ray jobs tagged with this server's id: one the database does not know and still running
+    is stopped, one that has ended is deleted; an active job of the database is left alone;
+    another server's job is not touched."""
+    import requests
+
+    from benchkit.server.app import Services
+    from benchkit.server.config import ServerConfig
+    from benchkit.server.db.jobs import Job
+    from benchkit.server.db.models import utcnow
+
+    api = f"{ray_head.address}/api/jobs/"
+
+    def submit(sid: str, server: str, seconds: float) -> None:
+        body = {"submission_id": sid, "entrypoint": f"{sys.executable} -c 'import time; "
+                f"time.sleep({seconds})'", "metadata": {"benchkit_server": server}}  # fmt: skip
+        requests.post(api, json=body, headers=ray_head.headers, timeout=60).raise_for_status()
+
+    def status(sid: str) -> str | None:
+        r = requests.get(api + sid, headers=ray_head.headers, timeout=10)
+        return r.json()["status"] if r.status_code == 200 else None
+
+    services = Services.open(ServerConfig(data_dir=tmp_path / "srv", executor="none"))
+    try:
+        jobs = services.jobs
+        jobs.executor = RayExecutor(ray_head.address, token=ray_head.token, server_id="sweeper")
+        project, _ = services.keys.create_project("sweep")
+        with services.db.write() as s:
+            s.add(Job(project_id=project.id, id="known", run_id="known", name="t", version=1,
+                      state="running", executor="ray", handle="sweep-known", spec={},
+                      message="", log_bytes=0, metric_parts=0, released=False,
+                      created_at=utcnow()))  # fmt: skip
+        submit("sweep-stray", "sweeper", 600)
+        submit("sweep-known", "sweeper", 600)
+        submit("sweep-ended", "sweeper", 0)
+        submit("sweep-other", "another-server", 600)
+        wait_for(lambda: status("sweep-ended") == "SUCCEEDED", 180, "the short job to end")
+        wait_for(lambda: status("sweep-stray") == "RUNNING", 180, "the stray job to run")
+        assert sorted(jobs.sweep()) == ["sweep-ended", "sweep-stray"]
+        assert status("sweep-ended") is None  # its record deleted
+        wait_for(lambda: status("sweep-stray") == "STOPPED", 120, "the stray job to be stopped")
+        assert status("sweep-known") in ("PENDING", "RUNNING")  # the database's own job
+        assert status("sweep-other") in ("PENDING", "RUNNING")  # another server's
+        assert jobs.sweep() == ["sweep-stray"]  # stopped now: the next sweep deletes it
+        assert status("sweep-stray") is None
+    finally:
+        services.close()
+        for sid in ("sweep-stray", "sweep-known", "sweep-other"):  # leave the head empty
+            requests.post(api + sid + "/stop", headers=ray_head.headers, timeout=30)
+        for sid in ("sweep-known", "sweep-other"):
+            wait_for(lambda sid=sid: status(sid) in (None, "STOPPED", "FAILED"), 120, sid)
+            requests.delete(api + sid, headers=ray_head.headers, timeout=30)

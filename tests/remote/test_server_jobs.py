@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 
 import psutil
 import pytest
@@ -110,18 +112,63 @@ def test_catdog_on_two_processes_cancelled_mid_run_then_resumed_remotely_to_the_
     wait_for(lambda: not any(work.iterdir()), 60, "the jobs' directories to be released")
 
 
-def test_a_job_that_writes_nothing_is_timed_out(local_job_server, server_project, tmp_path):
+def test_a_stalled_job_and_one_past_its_maximum_duration_are_timed_out(
+    local_job_server, server_project, tmp_path, monkeypatch
+):
+    """Both at once (the server has 2 slots): one trains, then writes nothing; the other
+    writes all the time and runs past --max-duration (counted from the job's first heartbeat,
+    preparation included: 45 s leaves a loaded machine time to start training). `jobs list`
+    shows both while they run; `runs logs` prints each log and exits 124, timed out."""
     project = tiny_project(tmp_path)
-    cli("run", "train.py", "--remote", "--detach", "--stall-timeout", "25", "--grace", "10",
-        "-c", "steps=3", "-c", "sleep=600", cwd=project, check=0)  # fmt: skip
-    jobs = JobsClient(store_of(local_job_server, server_project))
-    [job] = jobs.list(active=True)
-    ended = wait_state(jobs, job["id"], ("timed_out", "failed", "cancelled", "lost"), 300)
-    assert ended["state"] == "timed_out" and "no new output" in ended["message"], ended
+    cli("run", "train.py", "--remote", "--detach", "--stall-timeout", "20", "--grace", "10",
+        "--name", "stalls", "-c", "steps=3", "-c", "sleep=600", cwd=project, check=0)  # fmt: skip
+    cli("run", "train.py", "--remote", "--detach", "--max-duration", "45", "--grace", "10",
+        "--name", "too-long", "-c", "steps=2000", "-c", "sleep=0.1", cwd=project, check=0)  # fmt: skip
     store = store_of(local_job_server, server_project)
-    assert "step 0 " in joblog.read_log(store, job["id"])[0].decode()  # it trained, then stalled
-    assert runs.load_record(store, job["run_id"]).status == runs.INTERRUPTED
-    assert not job_processes(job["id"])
+    jobs = JobsClient(store)
+    stalls, too_long = sorted(jobs.list(active=True), key=lambda j: j["name"])
+    assert (stalls["name"], too_long["name"]) == ("stalls", "too-long")
+    assert too_long["max_duration_s"] == 45 and stalls["stall_timeout_s"] == 20
+    wait_state(jobs, too_long["id"], ("running",), 300)
+    monkeypatch.setenv("COLUMNS", "400")  # the table's ids whole
+    table = cli("jobs", "list", cwd=project, check=0).stdout
+    assert too_long["id"] in table and stalls["id"] in table, table
+    assert [j["id"] for j in json.loads(cli("show-ex", "--json", cwd=project, check=0).stdout)] \
+        == [stalls["id"], too_long["id"]]  # fmt: skip
+    for job, why in ((stalls, "no new output"), (too_long, "maximum duration of 45")):
+        ended = wait_state(jobs, job["id"], ("timed_out", "failed", "cancelled", "lost"), 300)
+        assert ended["state"] == "timed_out" and why in ended["message"], ended
+        assert runs.load_record(store, job["run_id"]).status == runs.INTERRUPTED
+        assert not job_processes(job["id"])
+        logs = cli("runs", "logs", job["run_id"], cwd=project, check=124)
+        assert "step 0 " in logs.stdout and "timed out" in logs.stderr  # it trained, then...
+    started = datetime.fromisoformat(ended["started"])
+    assert (datetime.fromisoformat(ended["ended"]) - started).total_seconds() >= 45
+    assert "step 2 " not in joblog.read_log(store, stalls["id"])[0].decode()  # stalled at once
+    assert not cli("jobs", "list", "--json", cwd=project, check=0).stdout.strip("[]\n ")
+
+
+def test_a_job_whose_supervisor_is_killed_is_lost_and_leaves_nothing_running(
+    local_job_server, server_project, tmp_path
+):
+    project = tiny_project(tmp_path)
+    cli("run", "train.py", "--remote", "--detach", "-c", "steps=2000", "-c", "sleep=0.1",
+        cwd=project, check=0)  # fmt: skip
+    store = store_of(local_job_server, server_project)
+    jobs = JobsClient(store)
+    [job] = jobs.list(active=True)
+    wait_for(lambda: "step 3 " in joblog.read_log(store, job["id"])[0].decode(), 300, "training")
+    beat = joblog.read_heartbeat(store, job["id"])
+    training = job_processes(job["id"])
+    assert training and all(p.pid != beat.pid for p in training)  # the shim's children
+    os.kill(beat.pid, signal.SIGKILL)  # the supervisor only: it cannot write exit.json
+    ended = wait_state(jobs, job["id"], ("lost", "failed", "succeeded", "cancelled"), 120)
+    assert ended["state"] == "lost" and "without recording an outcome" in ended["message"], ended
+    assert joblog.read_exit(store, job["id"]) is None
+    wait_for(lambda: not job_processes(job["id"]), 30, "the job's processes to be killed")
+    assert runs.load_record(store, job["run_id"]).status == runs.FAILED
+    logs = cli("runs", "logs", job["run_id"], cwd=project, check=75)
+    assert "step 3 " in logs.stdout and "lost" in logs.stderr
 
 
 def test_a_job_outlives_kill_9_of_its_server_and_is_adopted_with_its_whole_log(
@@ -190,3 +237,39 @@ def test_a_server_without_an_executor_says_so_before_packaging(tmp_path, monkeyp
         assert info == []
     finally:
         server.close()
+
+
+def test_ctrl_c_at_a_terminal_can_only_stop_following_and_runs_logs_follows_again(
+    local_job_server, server_project, tmp_path
+):
+    """`run --remote` with a terminal: Ctrl-C asks; "f" stops following (exit 130) and the job
+    goes on; `runs logs RUN --follow` picks it up and exits with the job's status."""
+    import pty
+
+    project = tiny_project(tmp_path)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchkit", "run", "train.py", "--remote", "-c", "steps=60",
+             "-c", "sleep=0.2"],
+            cwd=project, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, stdin=slave,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        store = store_of(local_job_server, server_project)
+        jobs = JobsClient(store)
+        job = wait_for(lambda: (found := jobs.list(active=True)) and found[0], 120, "the job")
+        wait_for(
+            lambda: "step 2 " in joblog.read_log(store, job["id"])[0].decode(), 300, "training"
+        )
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C at the terminal sends
+        os.write(master, b"f\n")  # only stop following
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 130, out.decode() + err.decode()
+    assert b"only stop following" in out and b"stopped following" in err
+    assert jobs.get(job["id"])["state"] in ("starting", "running")  # it goes on
+    follow = cli("runs", "logs", job["run_id"], "--follow", cwd=project, check=0)
+    assert "step 59 " in follow.stdout and "succeeded" in follow.stderr
+    assert jobs.get(job["id"])["cancel_requested"] is False
