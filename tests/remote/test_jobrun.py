@@ -48,3 +48,24 @@ def test_a_damaged_archive_is_refused_and_nothing_is_extracted(tmp_path, tiny_ve
         prepare(spec, tmp_path / "work", env_cache)
     code = tmp_path / "work" / "code"
     assert not code.exists() or not any(code.iterdir())
+
+
+def test_a_machine_without_the_raw_data_trains_on_the_stored_dataset(catdog_project, tmp_path):
+    """A job checks its datasets out of the store; the images they were made from are on the
+    user's machine. Not being able to compare them with the declaration is no reason to fail
+    (it is under --strict)."""
+    from benchkit.errors import DataError
+    from benchkit.registry import import_user_module
+    from benchkit.training import runner
+
+    store = LocalStore(tmp_path / "store")
+    module = import_user_module(str(catdog_project / "train.py"))
+    assert sorted(runner.migrate_missing_datasets(module, store, catdog_project)) == [
+        "train",
+        "val",
+    ]
+    assert runner.migrate_missing_datasets(module, store, catdog_project, strict=True) == []
+    module.DATA = tmp_path / "elsewhere"  # the job's machine: no images
+    assert runner.migrate_missing_datasets(module, store, catdog_project) == []
+    with pytest.raises(DataError, match="cannot be checked here"):
+        runner.migrate_missing_datasets(module, store, catdog_project, strict=True)

@@ -65,6 +65,46 @@ def test_a_two_node_job_trains_with_ranks_that_agree(ray_executor, tmp_path, tin
     ray_executor.release("ray-nodes")
 
 
+def _processes_of_run(run_id: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if run_id in (p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_stopped_two_node_job_stops_every_node(ray_executor, tmp_path, tiny_version):
+    """A stop reaches both nodes as SIGINT (the run records itself interrupted) and leaves no
+    process of the job on the machine."""
+    store = LocalStore(tmp_path / "store")
+    version = tiny_version(store)
+    spec = JobSpec(job_id="ray-nodes-stop", store=str(store.root), version=version, nnodes=2,
+                   config=["steps=2000", "sleep=0.1"], stop_grace_s=20)  # fmt: skip
+    ray_executor.submit(spec)
+
+    def both_train():
+        text = joblog.read_log(store, spec.job_id)[0].decode()
+        return "[node 0] step 1 " in text and "as node 1 of 2" in text  # rank 0 prints steps
+
+    wait_for(both_train, 300, "both nodes to train")
+    assert _processes_of_run(spec.run_id)  # the nodes' torchrun and workers
+    ray_executor.cancel(spec.job_id, spec.stop_grace_s)
+    obs = _ended(ray_executor, spec.job_id, 180)
+    assert obs.state == EngineState.STOPPED, _why(ray_executor, store, spec.job_id)
+    rec = wait_for(lambda: joblog.read_exit(store, spec.job_id), 60, "exit.json")
+    assert rec.stop_requested and not rec.killed, rec
+    text = joblog.read_log(store, spec.job_id)[0].decode()
+    assert "stopping 2 node(s)" in text, _why(ray_executor, store, spec.job_id)
+    assert runs.load_record(store, spec.run_id).status == runs.INTERRUPTED
+    wait_for(lambda: not _processes_of_run(spec.run_id), 60, "the nodes' processes to end")
+    ray_executor.release(spec.job_id)
+
+
 def test_an_unknown_job_is_unknown_and_a_wrong_token_is_a_clear_error(ray_head):
     ex = RayExecutor(ray_head.address, token="wrong")
     assert ex.observe("no-such-job").state == EngineState.UNKNOWN
