@@ -240,10 +240,10 @@ def tiny_version(tmp_path):
 
 @pytest.fixture(scope="module")
 def local_job_server(tmp_path_factory):
-    """A Bench server with the local executor (2 slots) for the module."""
+    """A Bench server with the local executor (3 slots) for the module."""
     from remotekit import job_server
 
-    server = job_server(tmp_path_factory.mktemp("local-jobs"), "--slots", "2")
+    server = job_server(tmp_path_factory.mktemp("local-jobs"), "--slots", "3")
     yield server
     server.close()
 

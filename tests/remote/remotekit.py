@@ -52,7 +52,8 @@ import torch
 import benchkit as bench
 
 
-@bench.train(config={"epochs": 1, "steps": 4, "sleep": 0.0, "out": "", "fail": False})
+@bench.train(config={"epochs": 1, "steps": 4, "sleep": 0.0, "out": "", "fail": False,
+                     "quiet": False})
 def tiny(run):
     print("devices", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
     model = torch.nn.Linear(2, 1)
@@ -67,7 +68,8 @@ def tiny(run):
             opt.step()
             opt.zero_grad()
             run.log({"loss": loss})
-            run.print(f"step {step} loss {loss.item():.4f}")
+            if not run.config.quiet:
+                run.print(f"step {step} loss {loss.item():.4f}")
             time.sleep(run.config.sleep)
         run.save_checkpoint()
     if run.config.fail:
@@ -149,3 +151,14 @@ def make_wheel(directory: Path, name: str, version: str, source: str) -> Path:
         for path, text in files.items():
             z.writestr(path, text)
     return wheel
+
+
+def bk(capsys, *args) -> tuple[int, str, str]:
+    """``benchkit ARGS`` in this process (the commands that only talk to the server: no
+    interpreter to start, no torch to import): (exit status, stdout, stderr)."""
+    from benchkit.cli.main import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

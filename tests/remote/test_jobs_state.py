@@ -132,3 +132,24 @@ def test_a_job_cancelled_before_it_was_submitted_never_runs(server, tmp_path):
     assert row.state == "cancelled" and row.handle is None and row.key_id is None
     assert engine.owned() == []  # never submitted
     engine.close()
+
+
+def test_the_stall_watch_sees_metrics_the_server_ingested(server):
+    """A run on a Bench server sends its metrics to the server's tracking, not to the store:
+    each ingested batch counts as activity, as a metric part in the store does."""
+    from benchkit.server.db.tracking import ingest_cursors
+
+    services, pid = server
+    _running_job(services, pid, "j4")
+    with services.db.read() as s:
+        job = s.get(Job, (pid, "j4"))
+    pstore = services.jobs.project_store(pid)
+    assert services.jobs._metric_activity(job, pstore) == 0
+    with services.db.engine.begin() as conn:
+        conn.execute(ingest_cursors.insert().values(project_id=pid, run_id="j4", writer="w0",
+                                                    next_seq=7, seen_at=time.time()))  # fmt: skip
+    assert services.jobs._metric_activity(job, pstore) == 7
+    with services.db.engine.begin() as conn:
+        conn.execute(ingest_cursors.update().values(next_seq=12))
+    pstore.put("runs/j4/metrics/w1-1-3.jsonl", b"{}\n")  # a tracker writing to the store
+    assert services.jobs._metric_activity(job, pstore) == 13

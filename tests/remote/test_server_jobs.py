@@ -15,7 +15,7 @@ from datetime import datetime
 
 import psutil
 import pytest
-from remotekit import TINY, wait_for
+from remotekit import TINY, bk, wait_for
 
 from benchkit.code.package import migrate_code
 from benchkit.errors import StoreError
@@ -70,7 +70,7 @@ def tiny_project(tmp_path, requirements: str = "") -> object:
 
 
 def test_catdog_on_two_processes_cancelled_mid_run_then_resumed_remotely_to_the_end(
-    local_job_server, server_project, catdog_project
+    local_job_server, server_project, catdog_project, capsys
 ):
     cli("run", "train.py", "--remote", "--detach", "--processes", "2", "--grace", "20",
         "-c", "epochs=40", "-c", "batch_size=4", "-c", "workers=0", "-c", "width=4",
@@ -82,7 +82,7 @@ def test_catdog_on_two_processes_cancelled_mid_run_then_resumed_remotely_to_the_
     assert job["id"] == run_id and job["processes"] == 2
     wait_for(lambda: "epoch 1: validation" in joblog.read_log(store, job["id"])[0].decode(), 300,
              "the first epoch")  # fmt: skip
-    cli("runs", "stop", run_id, cwd=catdog_project, check=0)
+    assert bk(capsys, "runs", "stop", run_id)[0] == 0
     ended = wait_state(jobs, job["id"], ("cancelled", "failed", "succeeded", "lost"), 120)
     assert ended["state"] == "cancelled", ended
     rec = runs.load_record(store, run_id)
@@ -101,74 +101,83 @@ def test_catdog_on_two_processes_cancelled_mid_run_then_resumed_remotely_to_the_
     rec = runs.load_record(store, run_id)
     assert rec.status == runs.FINISHED and rec.resumed and rec.world_size == 2
     assert f"epoch-{done + 1:04d}" in [c.name for c in ckpt.list_checkpoints(store, run_id)]
-    series = runs.metric_series(runs.read_events(store, run_id))
-    assert series["loss"] and len(series["val_accuracy"]) >= done + 1
+    catalog = store.catalog()  # the metrics went to the server's tracking
+    assert list(catalog.points(run_id, "loss"))
+    assert len({p["step"] for p in catalog.points(run_id, "val_accuracy")}) >= done + 1
     first, second = jobs.list(run=run_id)
     assert (first["resume"], second["resume"]) == (False, True) and second["state"] == "succeeded"
     assert "checksums verified" in joblog.read_log(store, second["id"])[0].decode()
-    logs = cli("runs", "logs", run_id, cwd=catdog_project, check=0)  # both jobs' logs
-    assert "epoch 1: validation" in logs.stdout and f"epoch {done + 1}: validation" in logs.stdout
+    code, logs, _ = bk(capsys, "runs", "logs", run_id)  # both jobs' logs
+    assert code == 0 and "epoch 1: validation" in logs and f"epoch {done + 1}: validation" in logs
     work = local_job_server.data_dir / "executor" / "jobs"
     wait_for(lambda: not any(work.iterdir()), 60, "the jobs' directories to be released")
 
 
-def test_a_stalled_job_and_one_past_its_maximum_duration_are_timed_out(
-    local_job_server, server_project, tmp_path, monkeypatch
+def submit_together(project, *runs: list[str]) -> None:
+    """``run train.py --remote --detach ARGS`` for each of ``runs``, the clients side by side."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "benchkit", "run", "train.py", "--remote",
+                               "--detach", *args], cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for args in runs]  # fmt: skip
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+
+
+def test_limits_and_a_killed_supervisor_three_jobs_side_by_side(
+    local_job_server, server_project, tmp_path, capsys
 ):
-    """Both at once (the server has 2 slots): one trains, then writes nothing; the other
-    writes all the time and runs past --max-duration (counted from the job's first heartbeat,
-    preparation included: 45 s leaves a loaded machine time to start training). `jobs list`
-    shows both while they run; `runs logs` prints each log and exits 124, timed out."""
+    """Three jobs at once (the server has 3 slots). One trains, then writes nothing: timed out
+    by --stall-timeout. One writes all the time and runs past --max-duration (counted from its
+    first heartbeat, preparation included: 45 s leaves a loaded machine time to start
+    training): timed out. The third's supervisor is killed with kill -9: lost, and its
+    training processes are killed too. `jobs list` and `show-ex` show them while they run;
+    `runs logs` prints each log and exits with the job's status (124 timed out, 75 lost)."""
     project = tiny_project(tmp_path)
-    cli("run", "train.py", "--remote", "--detach", "--stall-timeout", "20", "--grace", "10",
-        "--name", "stalls", "-c", "steps=3", "-c", "sleep=600", cwd=project, check=0)  # fmt: skip
-    cli("run", "train.py", "--remote", "--detach", "--max-duration", "45", "--grace", "10",
-        "--name", "too-long", "-c", "steps=2000", "-c", "sleep=0.1", cwd=project, check=0)  # fmt: skip
+    submit_together(
+        project,
+        ["--stall-timeout", "20", "--grace", "10", "--name", "stalls", "-c", "steps=3",
+         "-c", "sleep=600"],
+        ["--max-duration", "45", "--grace", "10", "--name", "too-long", "-c", "steps=2000",
+         "-c", "sleep=0.1"],
+        ["--name", "killed", "-c", "steps=2000", "-c", "sleep=0.1"],
+    )  # fmt: skip
     store = store_of(local_job_server, server_project)
     jobs = JobsClient(store)
-    stalls, too_long = sorted(jobs.list(active=True), key=lambda j: j["name"])
-    assert (stalls["name"], too_long["name"]) == ("stalls", "too-long")
+    killed, stalls, too_long = sorted(jobs.list(active=True), key=lambda j: j["name"])
+    assert (killed["name"], stalls["name"], too_long["name"]) == ("killed", "stalls", "too-long")
     assert too_long["max_duration_s"] == 45 and stalls["stall_timeout_s"] == 20
     wait_state(jobs, too_long["id"], ("running",), 300)
-    monkeypatch.setenv("COLUMNS", "400")  # the table's ids whole
-    table = cli("jobs", "list", cwd=project, check=0).stdout
-    assert too_long["id"] in table and stalls["id"] in table, table
-    assert [j["id"] for j in json.loads(cli("show-ex", "--json", cwd=project, check=0).stdout)] \
-        == [stalls["id"], too_long["id"]]  # fmt: skip
+    code, table, _ = bk(capsys, "jobs", "list")
+    assert code == 0 and all(j["id"] in table for j in (killed, stalls, too_long)), table
+    code, listed, _ = bk(capsys, "show-ex", "--json")
+    assert {j["id"] for j in json.loads(listed)} == {killed["id"], stalls["id"], too_long["id"]}
+
+    wait_for(lambda: "step 3 " in joblog.read_log(store, killed["id"])[0].decode(), 300, "training")
+    beat = joblog.read_heartbeat(store, killed["id"])
+    training = job_processes(killed["id"])
+    assert training and all(p.pid != beat.pid for p in training)  # the shim's children
+    os.kill(beat.pid, signal.SIGKILL)  # the supervisor only: it cannot write exit.json
+    lost = wait_state(jobs, killed["id"], ("lost", "failed", "succeeded", "cancelled"), 120)
+    assert lost["state"] == "lost" and "without recording an outcome" in lost["message"], lost
+    assert joblog.read_exit(store, killed["id"]) is None
+    wait_for(lambda: not job_processes(killed["id"]), 30, "the killed job's processes to end")
+    assert runs.load_record(store, killed["run_id"]).status == runs.FAILED
+    code, out, err = bk(capsys, "runs", "logs", killed["run_id"])
+    assert code == 75 and "step 3 " in out and "lost" in err
+
     for job, why in ((stalls, "no new output"), (too_long, "maximum duration of 45")):
         ended = wait_state(jobs, job["id"], ("timed_out", "failed", "cancelled", "lost"), 300)
         assert ended["state"] == "timed_out" and why in ended["message"], ended
         assert runs.load_record(store, job["run_id"]).status == runs.INTERRUPTED
         assert not job_processes(job["id"])
-        logs = cli("runs", "logs", job["run_id"], cwd=project, check=124)
-        assert "step 0 " in logs.stdout and "timed out" in logs.stderr  # it trained, then...
+        code, out, err = bk(capsys, "runs", "logs", job["run_id"])
+        assert code == 124 and "step 0 " in out and "timed out" in err  # it trained, then...
     started = datetime.fromisoformat(ended["started"])
     assert (datetime.fromisoformat(ended["ended"]) - started).total_seconds() >= 45
     assert "step 2 " not in joblog.read_log(store, stalls["id"])[0].decode()  # stalled at once
-    assert not cli("jobs", "list", "--json", cwd=project, check=0).stdout.strip("[]\n ")
-
-
-def test_a_job_whose_supervisor_is_killed_is_lost_and_leaves_nothing_running(
-    local_job_server, server_project, tmp_path
-):
-    project = tiny_project(tmp_path)
-    cli("run", "train.py", "--remote", "--detach", "-c", "steps=2000", "-c", "sleep=0.1",
-        cwd=project, check=0)  # fmt: skip
-    store = store_of(local_job_server, server_project)
-    jobs = JobsClient(store)
-    [job] = jobs.list(active=True)
-    wait_for(lambda: "step 3 " in joblog.read_log(store, job["id"])[0].decode(), 300, "training")
-    beat = joblog.read_heartbeat(store, job["id"])
-    training = job_processes(job["id"])
-    assert training and all(p.pid != beat.pid for p in training)  # the shim's children
-    os.kill(beat.pid, signal.SIGKILL)  # the supervisor only: it cannot write exit.json
-    ended = wait_state(jobs, job["id"], ("lost", "failed", "succeeded", "cancelled"), 120)
-    assert ended["state"] == "lost" and "without recording an outcome" in ended["message"], ended
-    assert joblog.read_exit(store, job["id"]) is None
-    wait_for(lambda: not job_processes(job["id"]), 30, "the job's processes to be killed")
-    assert runs.load_record(store, job["run_id"]).status == runs.FAILED
-    logs = cli("runs", "logs", job["run_id"], cwd=project, check=75)
-    assert "step 3 " in logs.stdout and "lost" in logs.stderr
+    code, listed, _ = bk(capsys, "jobs", "list", "--json")
+    assert code == 0 and json.loads(listed) == []
 
 
 def test_a_job_outlives_kill_9_of_its_server_and_is_adopted_with_its_whole_log(
@@ -222,7 +231,7 @@ def test_requirements_that_cannot_be_installed_fail_the_job_with_pips_reason(
     assert not runs.list_run_ids(store)  # it failed before training started
 
 
-def test_a_server_without_an_executor_says_so_before_packaging(tmp_path, monkeypatch):
+def test_a_server_without_an_executor_says_so_before_packaging(tmp_path, monkeypatch, capsys):
     from remotekit import job_server
     from serverkit import use_project
 
@@ -233,14 +242,14 @@ def test_a_server_without_an_executor_says_so_before_packaging(tmp_path, monkeyp
         res = cli("run", "train.py", "--remote", cwd=tiny_project(tmp_path), check=1)
         assert "runs no jobs" in res.stderr and "--executor local" in res.stderr
         assert not store_of(server, project).list("code/")
-        info = json.loads(cli("jobs", "list", "--json", cwd=tmp_path, check=0).stdout)
-        assert info == []
+        code, listed, _ = bk(capsys, "jobs", "list", "--json")
+        assert code == 0 and json.loads(listed) == []
     finally:
         server.close()
 
 
 def test_ctrl_c_at_a_terminal_can_only_stop_following_and_runs_logs_follows_again(
-    local_job_server, server_project, tmp_path
+    local_job_server, server_project, tmp_path, capsys
 ):
     """`run --remote` with a terminal: Ctrl-C asks; "f" stops following (exit 130) and the job
     goes on; `runs logs RUN --follow` picks it up and exits with the job's status."""
@@ -270,6 +279,6 @@ def test_ctrl_c_at_a_terminal_can_only_stop_following_and_runs_logs_follows_agai
     assert proc.returncode == 130, out.decode() + err.decode()
     assert b"only stop following" in out and b"stopped following" in err
     assert jobs.get(job["id"])["state"] in ("starting", "running")  # it goes on
-    follow = cli("runs", "logs", job["run_id"], "--follow", cwd=project, check=0)
-    assert "step 59 " in follow.stdout and "succeeded" in follow.stderr
+    code, out, err = bk(capsys, "runs", "logs", job["run_id"], "--follow")
+    assert code == 0 and "step 59 " in out and "succeeded" in err
     assert jobs.get(job["id"])["cancel_requested"] is False

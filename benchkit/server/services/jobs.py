@@ -22,8 +22,8 @@ The reconciler looks at every active job every few seconds and weighs the eviden
    ``cancel_resend_s`` until the engine reports the job ended; a job cancelled before it was
    submitted is never submitted.
 5. ``max_duration_s`` (from the first report of running) and ``stall_timeout_s`` (no new log
-   output and no new metric part for that long) request a cancel whose outcome is
-   ``timed_out``.
+   output and no new metric, ingested by the server's tracking or written to the store, for
+   that long) request a cancel whose outcome is ``timed_out``.
 6. When a job ends: a run record it left ``running`` is marked interrupted or failed, the
    engine's own log is archived in the store when the job's log does not say why it ended,
    the engine's hold is released (the local checkout and slot, the Ray job record) and the
@@ -577,7 +577,7 @@ class Jobs:
                 changes["activity_at"] = now
         spec = job.spec or {}
         if spec.get("stall_timeout_s") and state == RUNNING:
-            parts = len(self._quiet(lambda: pstore.list(f"runs/{job.run_id}/metrics/")) or [])
+            parts = self._metric_activity(job, pstore)
             if parts != job.metric_parts:
                 changes["metric_parts"] = parts
                 changes["activity_at"] = now
@@ -596,6 +596,24 @@ class Jobs:
         if stall and _age(job.activity_at or job.started_at, now) > stall:
             log.info("job %s wrote nothing for %s s: stopping it", job.id, stall)
             self.cancel(job.project_id, job.id, "stall")
+
+    def _metric_activity(self, job: Job, pstore: Store) -> int:
+        """A number that grows whenever the job's run logs metrics: the batches the server's
+        tracking ingested for it (a run on a Bench server sends its metrics there) plus the
+        metric parts in the store (a run whose tracker writes them to the store)."""
+        from sqlalchemy import func
+
+        from benchkit.server.db.tracking import ingest_cursors
+
+        parts = len(self._quiet(lambda: pstore.list(f"runs/{job.run_id}/metrics/")) or [])
+        c = ingest_cursors.c
+        with self.db.read() as s:
+            batches = s.execute(
+                select(func.coalesce(func.sum(c.next_seq), 0)).where(
+                    c.project_id == job.project_id, c.run_id == job.run_id
+                )
+            ).scalar_one()
+        return parts + int(batches)
 
     def _set(self, job: Job, **values: Any) -> None:
         """Update an active job's columns (never a job that has ended meanwhile)."""
