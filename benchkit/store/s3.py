@@ -40,7 +40,11 @@ tensorstore backend needs two. ``exists`` is a ``HEAD``.
 
 Processes: the client and the request threads belong to one process; a forked child (a
 DataLoader worker) makes its own on first use, so the store is fork-safe and spawn workers
-reopen it from its pickled spec.
+reopen it from its pickled spec. The boto3 *session* (the parsed service model) is kept across
+fork, which makes the child's client 5x cheaper; a session whose credentials refresh themselves
+(an assumed role) forked while refreshing could leave the child waiting on the refresh lock, a
+risk this trades for the start-up time (static keys and profiles do not refresh). Importing
+this module does not load tensorstore.
 
 Settings: the same as the tensorstore backend's (the spec is built by the same code): endpoint
 and region from the URL query, the settings ``s3_endpoint``/``s3_region``, or
