@@ -137,14 +137,14 @@ def _config(args: argparse.Namespace, **extra: Any):
 
 
 def _keys(args: argparse.Namespace):
-    from benchkit.server.db.migrate import upgrade
+    from benchkit.server.db.migrate import upgrade_if_needed
     from benchkit.server.db.session import Database
     from benchkit.server.services.keys import Keys, load_pepper
 
     config = _config(args)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.database_url)
-    upgrade(db)
+    upgrade_if_needed(db)
     return Keys(db, load_pepper(config.pepper_file))
 
 
@@ -282,7 +282,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from benchkit.server.app import Services
 
-    services = Services.open(_config(args))
+    services = Services.open(_config(args), quick=True)
     try:
         projects = (
             [services.keys.project(args.project)] if args.project else services.keys.list_projects()

@@ -58,14 +58,14 @@ def register(ssub: argparse._SubParsersAction, data_flags: Callable[..., None]) 
 
 def _accounts(args: argparse.Namespace):
     from benchkit.cli.server import _config
-    from benchkit.server.db.migrate import upgrade
+    from benchkit.server.db.migrate import upgrade_if_needed
     from benchkit.server.db.session import Database
     from benchkit.server.services.accounts import Accounts
 
     config = _config(args)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.database_url)
-    upgrade(db)
+    upgrade_if_needed(db)
     return Accounts(db)
 
 

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from benchkit._version import __version__
 from benchkit.server.config import ServerConfig
-from benchkit.server.db.migrate import upgrade
+from benchkit.server.db.migrate import upgrade, upgrade_if_needed
 from benchkit.server.db.session import Database
 from benchkit.server.services.accounts import Accounts
 from benchkit.server.services.blobs import Blobs
@@ -57,12 +57,14 @@ class Services:
     jobs: Jobs
 
     @classmethod
-    def open(cls, config: ServerConfig, migrate: bool = True) -> Services:
-        """Open the database (migrated), the key file and the store of ``config``."""
+    def open(cls, config: ServerConfig, migrate: bool = True, quick: bool = False) -> Services:
+        """Open the database (migrated), the key file and the store of ``config``.
+
+        ``quick`` (the admin commands): run Alembic only when the schema is not at the head."""
         config.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(config.database_url)
         if migrate:
-            upgrade(db)
+            (upgrade_if_needed if quick else upgrade)(db)
         keys = Keys(db, load_pepper(config.pepper_file))
         store = open_store(config.blob_store_url)
         catalog = Catalog(db, store)

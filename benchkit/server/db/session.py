@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -121,6 +120,8 @@ class Database:
         """Insert ``row``, or on a primary-key clash update its other columns (``update``) or
         leave the existing row: one statement, so concurrent writers of the same row cannot
         both insert (``INSERT ... ON CONFLICT``, on SQLite and PostgreSQL alike)."""
+        from sqlalchemy.dialects import postgresql, sqlite  # here: the admin CLI needs neither
+
         insert = sqlite.insert if self.is_sqlite else postgresql.insert
         stmt = insert(model).values(**row)
         keys = [c.name for c in model.__table__.primary_key.columns]
