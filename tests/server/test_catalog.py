@@ -167,57 +167,68 @@ def test_catalog_routes_answer_one_item_or_404(bench_server):
     assert api("GET", "/datasets/nope").status_code == 404
 
 
-@pytest.mark.slow
-def test_reindex_rebuilds_the_catalog_from_the_blobs(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("reindex"))
-    try:
-        project = server.create_project()
-        store = HttpStore(server.url, project.key, project.id)
-        fill(store)
-        expected = (
-            store.catalog().datasets(),
-            store.catalog().runs(),
-            store.catalog().checkpoints(),
-        )
-        server.stop()
-        import sqlite3
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A SQLite server of these tests' own, which they stop, kill and restart (one start for
+    both; each test works in a fresh project)."""
+    server = start_server(tmp_path_factory.mktemp("own"))
+    yield server
+    server.close()
 
-        with sqlite3.connect(server.data_dir / "benchkit.db") as db:  # lose the catalog
-            for table in ("datasets", "runs", "checkpoints", "code_versions"):
-                db.execute(f"DELETE FROM {table}")
-        out = server.cli("reindex").stdout
-        assert f"project {project.name}: " in out
-        server.start()
-        assert (
-            store.catalog().datasets(),
-            store.catalog().runs(),
-            store.catalog().checkpoints(),
-        ) == expected
-        assert [v["version"] for v in store.catalog().versions()] == [1, 3]
-    finally:
-        server.close()
+
+@pytest.fixture
+def own(own_server):
+    """``own_server``, running (again, if a test before failed while it was down)."""
+    if own_server.proc is None or own_server.proc.poll() is not None:
+        own_server.start()
+    return own_server
 
 
 @pytest.mark.slow
-def test_items_left_pending_by_a_killed_server_are_indexed_at_start(tmp_path_factory):
+def test_reindex_rebuilds_the_catalog_from_the_blobs(own):
+    server = own
+    project = server.quick_project()
+    store = HttpStore(server.url, project.key, project.id)
+    fill(store)
+    expected = (
+        store.catalog().datasets(),
+        store.catalog().runs(),
+        store.catalog().checkpoints(),
+    )
+    server.stop()
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "benchkit.db") as db:  # lose the catalog
+        for table in ("datasets", "runs", "checkpoints", "code_versions"):
+            db.execute(f"DELETE FROM {table}")
+    out = server.cli("reindex").stdout
+    assert f"project {project.name}: " in out
+    server.start()
+    assert (
+        store.catalog().datasets(),
+        store.catalog().runs(),
+        store.catalog().checkpoints(),
+    ) == expected
+    assert [v["version"] for v in store.catalog().versions()] == [1, 3]
+
+
+@pytest.mark.slow
+def test_items_left_pending_by_a_killed_server_are_indexed_at_start(own):
     """The server died after writing a blob and before indexing it: the next start indexes it."""
-    server = start_server(tmp_path_factory.mktemp("pending"))
-    try:
-        project = server.create_project()
-        store = HttpStore(server.url, project.key, project.id)
-        server.kill()
-        rec = runs.RunRecord(id=RUN_A, name="after-crash", status="finished")
-        blob = server.data_dir / "store" / "projects" / project.id / runs.run_key(RUN_A)
-        blob.parent.mkdir(parents=True)
-        blob.write_text(json.dumps(rec.to_json()))
-        import sqlite3
+    server = own
+    project = server.quick_project()
+    store = HttpStore(server.url, project.key, project.id)
+    server.kill()
+    rec = runs.RunRecord(id=RUN_A, name="after-crash", status="finished")
+    blob = server.data_dir / "store" / "projects" / project.id / runs.run_key(RUN_A)
+    blob.parent.mkdir(parents=True)
+    blob.write_text(json.dumps(rec.to_json()))
+    import sqlite3
 
-        with sqlite3.connect(server.data_dir / "benchkit.db") as db:
-            db.execute(
-                "INSERT INTO catalog_pending (project_id, key) VALUES (?, ?)",
-                (project.id, runs.run_key(RUN_A)),
-            )
-        server.start()
-        assert [r["name"] for r in store.catalog().runs()] == ["after-crash"]
-    finally:
-        server.close()
+    with sqlite3.connect(server.data_dir / "benchkit.db") as db:
+        db.execute(
+            "INSERT INTO catalog_pending (project_id, key) VALUES (?, ?)",
+            (project.id, runs.run_key(RUN_A)),
+        )
+    server.start()
+    assert [r["name"] for r in store.catalog().runs()] == ["after-crash"]

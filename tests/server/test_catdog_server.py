@@ -1,6 +1,7 @@
 """The cat/dog example end to end against a Bench server, with nothing but the server's URL and
 a key: migrate data, migrate code, run (once from the file, once from the stored version with
---resume), then runs, checkpoints, versions and datasets, as a user types them.
+--resume), each in its own process as a user types them, then runs, checkpoints, versions and
+datasets (in this process: they only read from the server).
 
 Then issue 13's "done when", literally: a run with another learning rate, and every run in a
 real Chromium: the project page (datasets, the code version, checkpoints), the runs table (a
@@ -24,6 +25,8 @@ from browserkit import canvas_pixel_variety
 from selenium.webdriver.common.by import By
 from serverkit import child_env
 
+from benchkit.cli.main import main
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "catdog"
 
 
@@ -37,7 +40,9 @@ def load_make_data():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(900)
-def test_catdog_against_a_server_and_in_the_browser(sqlite_server, browser, tmp_path):
+def test_catdog_against_a_server_and_in_the_browser(
+    sqlite_server, browser, tmp_path, monkeypatch, capsys
+):
     project = sqlite_server.create_project("catdog-" + tmp_path.name[-8:])
     data = tmp_path / "data"
     load_make_data().make(data, 120, size=32)
@@ -61,26 +66,40 @@ def test_catdog_against_a_server_and_in_the_browser(sqlite_server, browser, tmp_
         assert res.returncode == 0, f"benchkit {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
         return res.stdout
 
+    for name in ("CATDOG_DATA", "BENCHKIT_HOME", "BENCHKIT_STORE", "BENCHKIT_API_KEY",
+                 "BENCHKIT_PROJECT_ID"):  # fmt: skip
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.chdir(work)
+
+    def look(*args: str) -> str:
+        """A command that only reads from the server, in this process (the same parser and
+        code as the CLI, without an interpreter and torch to start each time)."""
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == 0, f"benchkit {' '.join(args)}:\n{out.out}\n{out.err}"
+        return out.out
+
     bk("migrate", "data", "train.py", "--yes")
-    datasets = json.loads(bk("datasets", "list", "--json"))
+    datasets = json.loads(look("datasets", "list", "--json"))
     assert [(d["name"], d["complete"]) for d in datasets] == [("train", True), ("val", True)]
     assert sum(d["samples"] for d in datasets) == 120
     bk("migrate", "code", "train.py", "-m", "first")
-    [version] = json.loads(bk("versions", "list", "--json"))
+    [version] = json.loads(look("versions", "list", "--json"))
     assert version["version"] == 1 and version["message"] == "first"
     out = bk("run", "train.py", "--cpu", "-c", "epochs=1", "--name", "catdog-server")
     assert "validation accuracy" in out
     out = bk(
         "run", "--version", "1", "--cpu", "-c", "epochs=2", "--name", "catdog-server", "--resume"
     )
-    listed = json.loads(bk("runs", "list", "--json"))
+    listed = json.loads(look("runs", "list", "--json"))
     assert listed and all(r["status"] == "finished" for r in listed)
     first, second = listed[0], listed[-1]
-    checkpoints = json.loads(bk("checkpoints", "list", "--json"))
+    checkpoints = json.loads(look("checkpoints", "list", "--json"))
     assert {c["run_id"] for c in checkpoints} <= {first["id"], second["id"]} and checkpoints
-    shown = bk("runs", "show", second["id"])
+    shown = look("runs", "show", second["id"])
     assert "val_accuracy" in shown
-    bk("checkpoints", "get", checkpoints[-1]["ref"], "--dest", str(tmp_path / "ckpt"))
+    look("checkpoints", "get", checkpoints[-1]["ref"], "--dest", str(tmp_path / "ckpt"))
     assert any((tmp_path / "ckpt").rglob("meta.json"))
     assert project.key not in sqlite_server.log()
 
