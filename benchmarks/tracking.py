@@ -87,6 +87,8 @@ class Server:
                 break
             except requests.RequestException:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()  # never leave a server behind
+                    self.proc.wait()
                     raise SystemExit(
                         f"the server did not start; see {data / 'server.log'}"
                     ) from None
