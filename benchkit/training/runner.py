@@ -11,7 +11,6 @@ doing it again. On a machine without GPUs the workers use the CPU and gloo.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import hashlib
 import json
@@ -537,8 +536,24 @@ def stop_on_sigterm(request_stop: Callable[[str], None]) -> Iterator[None]:
     timers: list[threading.Timer] = []
 
     first: list[float] = []
+    expired = threading.Event()
+    main_ident = threading.main_thread().ident
+    assert main_ident is not None
+
+    closing = threading.Lock()
+    closed: list[bool] = []
+
+    def give_up() -> None:
+        # a real signal, not _thread.interrupt_main(): it also breaks a blocking call (a long
+        # sleep, a read), which returns EINTR and lets the handler below raise
+        with closing:
+            if not closed:
+                expired.set()
+                signal.pthread_kill(main_ident, signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
+        if expired.is_set():
+            raise StopRun(f"SIGTERM, and no step boundary within {grace:g} s")
         if first:
             # torchrun forwards the SIGTERM its process group also got: not a second request
             if time.monotonic() - first[0] > DUPLICATE_WINDOW:
@@ -546,7 +561,7 @@ def stop_on_sigterm(request_stop: Callable[[str], None]) -> Iterator[None]:
             return
         first.append(time.monotonic())
         request_stop("SIGTERM")
-        timers.append(threading.Timer(grace, _thread.interrupt_main))
+        timers.append(threading.Timer(grace, give_up))
         timers[0].daemon = True
         timers[0].start()
 
@@ -554,9 +569,11 @@ def stop_on_sigterm(request_stop: Callable[[str], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        with closing:
+            closed.append(True)
         for t in timers:
             t.cancel()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_classic(spec: RunSpec, module: ModuleType) -> int:

@@ -391,3 +391,41 @@ def test_sigterm_checkpoints_at_the_next_step_and_ends_interrupted(
     assert code == 0, err
     rec = runs.load_record(s, rid)
     assert rec.status == runs.FINISHED and rec.checkpoints[-1]["name"] == "epoch-0002"
+
+
+BLOCKED = """
+import os, time
+from pathlib import Path
+import benchkit as bench
+
+
+@bench.train(config={})
+def fit(run):
+    run.log({"x": 1.0})
+    Path(os.environ["SIGNALS"], "blocked").write_text("")
+    time.sleep(3600)  # one blocking call: no step boundary, no return to Python for an hour
+"""
+
+
+def test_sigterm_stops_a_run_stuck_in_a_blocking_call_after_the_grace(
+    store, module, tmp_path, start_run, wait_for
+):
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    proc = start_run(
+        "run", module("blocked.py", BLOCKED), "--cpu", cwd=tmp_path,
+        env={"SIGNALS": str(signals), "BENCHKIT_STOP_GRACE": "2"},
+    )  # fmt: skip
+    wait_for(signals / "blocked", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)  # never an hour: the grace breaks the sleep
+    assert proc.returncode == 143, out
+    s = open_store(store)
+    [rid] = runs.list_run_ids(s)
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.INTERRUPTED and "no step boundary within 2 s" in rec.traceback
+    assert points_of(s, rid) == [1.0]  # what it logged before is kept
+
+
+def points_of(s, rid):
+    return [v for _, v in runs.metric_series(runs.read_events(s, rid)).get("x", [])]
