@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import time
 from typing import Any
 
 import requests
@@ -44,6 +45,10 @@ _STATES = {
     "FAILED": EngineState.FAILED,
     "STOPPED": EngineState.STOPPED,
 }
+#: Seconds a Ray job must have been terminal before its record is deleted: Ray's job monitor
+#: polls about once a second and writes the final status once more (see ``RayExecutor.release``).
+RELEASE_SETTLE_S = float(os.environ.get("BENCHKIT_RAY_RELEASE_SETTLE_S") or 10.0)
+
 PLACEMENTS = ("STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK")
 
 
@@ -214,10 +219,24 @@ class RayExecutor(Executor):
         return True
 
     def release(self, handle: str) -> None:
-        r = self._request("DELETE", handle)
-        if r.status_code in (200, 404):
+        """Delete Ray's record of an ended job. Ray's job monitor writes a job's status once
+        more after it ends, and a write to a deleted record makes a new one (\"Entrypoint not
+        found.\", without our metadata, so no sweep would find it): the record is deleted only
+        once it has been terminal for :data:`RELEASE_SETTLE_S`, and checked gone afterwards;
+        otherwise a :class:`JobError` has the caller retry later."""
+        info = self._info(handle)
+        if info is None:
             return
-        self._check(r, f"deleting Ray job {handle}")
+        ended_ms = info.get("end_time")
+        if info.get("status") not in ("SUCCEEDED", "FAILED", "STOPPED") or not ended_ms:
+            raise JobError(f"Ray job {handle} is still {info.get('status')}: released later")
+        if time.time() - ended_ms / 1000 < RELEASE_SETTLE_S:
+            raise JobError(f"Ray job {handle} ended moments ago: released once Ray settles")
+        r = self._request("DELETE", handle)
+        if r.status_code not in (200, 404):
+            self._check(r, f"deleting Ray job {handle}")
+        if self._info(handle) is not None:
+            raise JobError(f"Ray wrote job {handle} again after it was deleted: deleted later")
 
     def owned(self) -> list[str]:
         r = self._request("GET", "")
