@@ -196,20 +196,14 @@ def _retryable(e: BaseException) -> bool:
 class S3Store(TensorStoreStore):
     """An S3 bucket (or prefix) through boto3; the part layout of the tensorstore backend."""
 
+    #: multipart parts in flight while the next is read (the tensorstore backend keeps none)
     write_ahead = WRITE_AHEAD
 
-    def __init__(
-        self,
-        spec: dict[str, Any],
-        url: str,
-        part_size: int = DEFAULT_PART_SIZE,
-        endpoint: str | None = None,
-    ) -> None:
-        super().__init__(spec, url, part_size, endpoint)
+    def _configure(self) -> None:
         self.fork_safe = True
-        self._bucket = spec["bucket"]
-        self._root = spec.get("path", "")
-        retries = spec.get("context", {}).get("s3_request_retries", {})
+        self._bucket = self.spec["bucket"]
+        self._root = self.spec.get("path", "")
+        retries = self.spec.get("context", {}).get("s3_request_retries", {})
         self._attempts = 1 + max(0, int(retries.get("max_retries", DEFAULT_RETRIES)))
         #: the size of multipart parts, and the largest object written with one PutObject
         self.upload_part = max(self.part_size, MIN_PART)

@@ -244,6 +244,10 @@ class TensorStoreStore(Store):
         self._kv: Any = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._configure()
+
+    def _configure(self) -> None:
+        """Set up what a subclass adds to the spec's store (the S3 client's settings)."""
 
     # --- opening -----------------------------------------------------------------------------
 
