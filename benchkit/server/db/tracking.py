@@ -47,20 +47,27 @@ def _run_columns() -> list[Column]:
     ]
 
 
+def _summary_columns() -> list[Column]:
+    """What a series and each of its rollup blocks keep of the points they cover."""
+    return [
+        Column("count", BigInteger, nullable=False),
+        Column("nonfinite", BigInteger, nullable=False),
+        Column("min", Float),
+        Column("max", Float),
+        Column("last", Float),
+        Column("last_kind", SmallInteger, nullable=False),
+        Column("last_step", BigInteger, nullable=False),
+        Column("last_ts", Float, nullable=False),
+    ]
+
+
 metric_series = Table(
     "metric_series",
     metadata,
     Column("id", Integer, primary_key=True),
     *_run_columns(),
     Column("key", String(250), nullable=False),
-    Column("count", BigInteger, nullable=False),
-    Column("nonfinite", BigInteger, nullable=False),
-    Column("min", Float),
-    Column("max", Float),
-    Column("last", Float),
-    Column("last_kind", SmallInteger, nullable=False),
-    Column("last_step", BigInteger, nullable=False),
-    Column("last_ts", Float, nullable=False),
+    *_summary_columns(),
     Column("first_step", BigInteger, nullable=False),
     Column("max_step", BigInteger, nullable=False),
     UniqueConstraint("project_id", "run_id", "key", name="uq_metric_series_run_key"),
@@ -99,14 +106,7 @@ metric_rollups = Table(
     Column("series_id", Integer, ForeignKey("metric_series.id", ondelete="CASCADE")),
     Column("tier", Integer, nullable=False),
     Column("block", BigInteger, nullable=False),
-    Column("count", BigInteger, nullable=False),
-    Column("nonfinite", BigInteger, nullable=False),
-    Column("min", Float),
-    Column("max", Float),
-    Column("last", Float),
-    Column("last_kind", SmallInteger, nullable=False),
-    Column("last_step", BigInteger, nullable=False),
-    Column("last_ts", Float, nullable=False),
+    *_summary_columns(),
     PrimaryKeyConstraint("series_id", "tier", "block", name="pk_metric_rollups"),
     sqlite_with_rowid=False,
 )
