@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import pytest
 from serverkit import bench_server, pg_server, postgres, sqlite_server, use_project  # noqa: F401
 from storekit import BACKENDS, fresh_store_url
@@ -37,6 +40,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serve(name: str, argv: list[str], probe: str, log_dir):
+    """Run a local stand-in for a cloud service (``argv``) until ``probe`` answers; stop it after.
+
+    Its output goes to a log file in ``log_dir``, named in every failure message.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    log = open(log_dir / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(probe, timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not answer {probe} within 60 s; see {log.name}")
+                time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
     """A moto S3 server on a free port of 127.0.0.1, for the whole session; yields its endpoint.
@@ -46,56 +86,20 @@ def moto_server(tmp_path_factory):
     test process), sets dummy ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION`` for
     the session (tensorstore and subprocesses read them) and stops the server at the end.
     """
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-    from pathlib import Path
-
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
-    launcher = Path(__file__).resolve().parent / "store" / "moto_server.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}; see {log.name}")
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"moto_server did not answer on {endpoint} within 60 s; see {log.name}"
-                    )
-                time.sleep(0.1)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_REGION", "us-east-1")
-            for var in (
-                "AWS_PROFILE",
-                "AWS_ENDPOINT_URL",
-                "AWS_ENDPOINT_URL_S3",
-                "AWS_SESSION_TOKEN",
-            ):
-                mp.delenv(var, raising=False)
-            yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    launcher = str(Path(__file__).resolve().parent / "store" / "moto_server.py")
+    argv = [launcher, "-H", "127.0.0.1", "-p", str(port)]
+    with (
+        _serve("moto_server", argv, endpoint + "/moto-api/", tmp_path_factory.mktemp("moto")),
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_REGION", "us-east-1")
+        for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+            mp.delenv(var, raising=False)
+        yield endpoint
 
 
 @pytest.fixture
@@ -126,43 +130,16 @@ def gcs_server(tmp_path_factory):
     """A GCS JSON API server on a free port of 127.0.0.1 for the whole session (the
     gcp-storage-emulator, completed by tests/store/gcs_emulator.py); yields its URL and points
     tensorstore's GCS driver at it (``TENSORSTORE_GCS_HTTP_URL``, which subprocesses inherit)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-    from pathlib import Path
-
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    launcher = Path(__file__).resolve().parent / "store" / "gcs_emulator.py"
-    log = open(tmp_path_factory.mktemp("gcs") / "gcs.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, str(launcher), str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the GCS emulator exited with {proc.returncode}; see {log.name}")
-            try:
-                urllib.request.urlopen(url + "/storage/v1/b?project=test", timeout=1).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the GCS emulator did not answer on {url} within 60 s")
-                time.sleep(0.1)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
-            yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    launcher = str(Path(__file__).resolve().parent / "store" / "gcs_emulator.py")
+    probe = url + "/storage/v1/b?project=test"
+    with (
+        _serve("the GCS emulator", [launcher, str(port)], probe, tmp_path_factory.mktemp("gcs")),
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+        yield url
 
 
 @pytest.fixture

@@ -235,6 +235,24 @@ def test_killed_local_upload_leaves_no_temporary_files_once_an_upload_succeeds(m
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def kill_upload_once(argv: list[str], cwd: Path, env: dict, wrote_a_part) -> None:
+    """Start ``argv`` (an upload) and SIGKILL it as soon as ``wrote_a_part()`` is true."""
+    up = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not wrote_a_part():
+            assert up.poll() is None, up.communicate()
+            assert time.monotonic() < deadline, "the upload never wrote a part"
+            time.sleep(0.02)
+        up.send_signal(signal.SIGKILL)
+        up.wait()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == -signal.SIGKILL
+
+
 def _hidden_keys(s3, bucket: str) -> set[str]:
     keys: set[str] = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -276,22 +294,9 @@ def test_killed_migrate_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
     )
     assert proc.returncode == 0, proc.stderr
     s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-    up = subprocess.Popen(
-        [*cmd, "--upload"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    kill_upload_once(
+        [*cmd, "--upload"], root, env, lambda: any(_unfinished_parts(s3, s3_bucket).values())
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not any(_unfinished_parts(s3, s3_bucket).values()):
-            assert up.poll() is None, up.communicate()
-            assert time.monotonic() < deadline, "the upload never wrote a part"
-            time.sleep(0.02)
-        up.send_signal(signal.SIGKILL)
-        up.wait()
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    assert up.returncode == -signal.SIGKILL
     assert _unfinished_parts(s3, s3_bucket), "the killed upload left its parts"
     store = open_store(url)
     assert not store.exists("datasets/big/index.json")
@@ -352,22 +357,7 @@ def test_killed_gcs_upload_leaves_no_hidden_parts_once_an_upload_succeeds(
         [*cmd, "--chunk", "--workers", "1"], cwd=root, env=env, capture_output=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    up = subprocess.Popen(
-        [*cmd, "--upload"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not _gcs_hidden_keys(bucket):
-            assert up.poll() is None, up.communicate()
-            assert time.monotonic() < deadline, "the upload never wrote a part"
-            time.sleep(0.02)
-        up.send_signal(signal.SIGKILL)
-        up.wait()
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    assert up.returncode == -signal.SIGKILL
+    kill_upload_once([*cmd, "--upload"], root, env, lambda: _gcs_hidden_keys(bucket))
     killed = _gcs_hidden_keys(bucket)
     assert killed, "the killed upload left parts"
     store = open_store(gs_store_url)
