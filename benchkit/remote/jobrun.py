@@ -106,6 +106,8 @@ def training_command(
         f"--nproc-per-node={spec.nproc_per_node}",
         f"--master-addr={role.master_addr}", f"--master-port={role.master_port}",
         f"--local-addr={role.local_addr}", "--max-restarts=0",
+        # a stopped node's workers get the job's whole grace to checkpoint (torchrun's is 30 s)
+        f"--shutdown-timeout={max(1, round(spec.stop_grace_s))}",
         "-m", "benchkit", "run", *run,
     ]  # fmt: skip
 

@@ -14,7 +14,13 @@ where ``ray`` is installed:
    nodes cannot resolve.
 4. The driver prints every node's output prefixed with ``[node i]`` (it asks the actors for
    it, so no line is lost to log forwarding), fails fast when a node fails (the others are
-   stopped), and on SIGINT stops every node (SIGINT, then SIGKILL after the grace).
+   stopped), and on SIGINT stops every node: SIGTERM, then SIGKILL after the grace.
+
+A stop is SIGTERM, not the SIGINT a one-machine job gets, because the nodes get it at different
+moments: on SIGTERM each rank asks for a stop at the next step boundary and the ranks agree on
+it (``Run.request_stop``), so they checkpoint and stop together; a loop with no boundaries stops
+after ``BENCHKIT_STOP_GRACE`` (a third of the job's grace here), and a rank whose peer left first
+records the run interrupted, not failed.
 
 This is the rendezvous SkyPilot, dstack and Modal use; training keeps the one
 torchrun/Accelerate code path it has on one machine.
@@ -23,6 +29,7 @@ torchrun/Accelerate code path it has on one machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -72,6 +79,8 @@ class NodeProcess:
                "--nnodes", str(nnodes), "--node-rank", str(rank), "--master-addr", master[0],
                "--master-port", str(master[1]), "--local-addr", ip]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        grace = float(json.loads(spec_json).get("stop_grace_s", 30.0))
+        env.setdefault("BENCHKIT_STOP_GRACE", f"{max(1.0, grace / 3):g}")  # see the module doc
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
@@ -211,7 +220,7 @@ def launch(spec: JobSpec, placement: str = "STRICT_SPREAD") -> int:
     except KeyboardInterrupt:
         _say(f"stopping {m} node(s)")
         if nodes is not None:
-            nodes.stop(signal.SIGINT, spec.stop_grace_s)
+            nodes.stop(signal.SIGTERM, spec.stop_grace_s)  # an agreed stop: see the module doc
         return 130
     finally:
         if nodes is not None:

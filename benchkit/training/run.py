@@ -583,6 +583,11 @@ class Run:
         every rank reaches (several processes)."""
         return self._stop_reason is not None
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a stop was requested in this process ("SIGTERM"), or None."""
+        return self._stop_reason
+
     def stop_if_requested(self) -> None:
         """At a step boundary: checkpoint and raise :class:`StopRun` if a stop was requested
         (in any process). Every rank must call it at the same boundaries."""

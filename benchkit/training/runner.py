@@ -480,6 +480,15 @@ def run_in_process(spec: RunSpec, module: ModuleType) -> int:
         return exit_status(e)
     except BaseException as e:
         tb = traceback.format_exc()
+        if run.stop_reason and run.accelerator.num_processes > 1 and isinstance(e, Exception):
+            # this rank was asked to stop, and a peer that stopped first left the collective
+            # it was in: the run was stopped, not broken (the nodes of a multi-node job get
+            # their signal at different moments)
+            why = f"interrupted ({run.stop_reason}; {type(e).__name__} as the other processes stopped)"
+            run.finish(runs.INTERRUPTED, why)
+            if run.is_main_process:
+                say_interrupted(run.store, run.run_id, why)
+            return exit_status(StopRun(run.stop_reason))
         try:
             run.finish(runs.FAILED, tb)
         except Exception:

@@ -220,3 +220,62 @@ def test_ctrl_c_on_two_processes_records_interrupted_and_exits_130(module, store
     [rid] = runs.list_run_ids(s)
     rec = runs.load_record(s, rid)
     assert rec.status == runs.INTERRUPTED and rec.ended
+
+
+REDUCING = """
+import os, pathlib, time
+import torch
+import benchkit as bench
+
+
+@bench.train(config={"out": ""})
+def reduce_forever(run):
+    pathlib.Path(run.config.out, f"pid-{run.process_index}").write_text(str(os.getpid()))
+    while True:  # no step boundary: a SIGTERM ends it after BENCHKIT_STOP_GRACE
+        run.reduce(torch.ones(1), "sum")
+        time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_sigterm_that_reaches_the_ranks_apart_records_interrupted_not_failed(
+    module, store, tmp_path
+):
+    """The nodes of a multi-node job get their stop at different moments: rank 1 stops first
+    and leaves the all-reduce rank 0 is in. Rank 0 was asked to stop too, so the run is
+    interrupted, not failed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = module("reducing.py", REDUCING)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "BENCHKIT_STOP_GRACE": "2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchkit", "run", str(path), "--cpu", "--processes", "2", "-c", f"out={out}"],
+        cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not all((out / f"pid-{r}").exists() for r in (0, 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        time.sleep(0.5)  # the pid files are written before the first reduce
+        os.kill(int((out / "pid-1").read_text()), signal.SIGTERM)  # the peer's node first
+        time.sleep(0.5)
+        os.kill(int((out / "pid-0").read_text()), signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    s = open_store(store)
+    [rid] = runs.list_run_ids(s)
+    rec = runs.load_record(s, rid)
+    assert rec.status == runs.INTERRUPTED, output + (rec.traceback or "")
+    assert "SIGTERM" in (rec.traceback or ""), rec.traceback
