@@ -23,14 +23,21 @@ system_packages() {
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
-system_packages
 
-stamp=.venv/.benchkit-installed
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -z "${BENCHKIT_REINSTALL:-}" ]; then
-  exit 0
-fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q -U pip wheel 2>&1 | quiet
-.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | quiet
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | quiet
-touch "$stamp"
+python_packages() {
+  local stamp=.venv/.benchkit-installed
+  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -z "${BENCHKIT_REINSTALL:-}" ]; then
+    return 0
+  fi
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q -U pip wheel 2>&1 | quiet
+  .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | quiet
+  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | quiet
+  touch "$stamp"
+}
+
+# the two at once: apt-get and pip each spend most of their time waiting on downloads
+system_packages &
+apt_pid=$!
+python_packages
+wait "$apt_pid" || { echo "installing the system packages failed (see above)" >&2; exit 1; }

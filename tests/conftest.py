@@ -237,3 +237,17 @@ def read_only():
             subprocess.run(["umount", path], check=True)
 
     return make
+
+
+# --- running the suite in parallel (pytest-xdist, `--dist loadgroup`) ----------------------------
+#: a session fixture that starts something expensive, and the xdist group of the tests that use
+#: it: each group runs on one worker, so the suite starts one Ray head and one browser
+_ONE_WORKER_FIXTURES = {"ray_head": "ray", "chromium": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {g for f, g in _ONE_WORKER_FIXTURES.items() if f in item.fixturenames}
+        for group in sorted(groups):
+            item.add_marker(pytest.mark.xdist_group(group))
