@@ -218,6 +218,11 @@ def launch(spec: JobSpec, placement: str = "STRICT_SPREAD") -> int:
             return code if code > 0 else 128 - code
         return 0
     except KeyboardInterrupt:
+        # once: Ray's stop signals the shim and every process under it, then the shim passes its
+        # own on, so the request comes twice; a second KeyboardInterrupt here would skip the
+        # nodes' grace and kill them mid-checkpoint (the grace and SIGKILL are kept below)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         _say(f"stopping {m} node(s)")
         if nodes is not None:
             nodes.stop(signal.SIGTERM, spec.stop_grace_s)  # an agreed stop: see the module doc

@@ -122,7 +122,7 @@ def test_a_stopped_two_node_job_stops_every_node(ray_executor, tmp_path, tiny_ve
     wait_for(lambda: not _processes_of_run(spec.run_id), 180, "the nodes' processes to end")
     # every process gone: the record is final (it was read as still running before)
     record = runs.load_record(store, spec.run_id)
-    assert record.status == runs.INTERRUPTED, record
+    assert record.status == runs.INTERRUPTED, (record.traceback, text[-6000:])
     assert "SIGTERM" in (record.traceback or ""), record
     _release(ray_executor, spec.job_id)
 
