@@ -43,6 +43,11 @@ def store_of(server, project) -> HttpStore:
     return HttpStore(server.url, project.key, project.id)
 
 
+def flat(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces as single spaces (rich wraps lines)."""
+    return " ".join(text.split())
+
+
 def job_processes(job_id: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["environ"]):
@@ -128,15 +133,17 @@ def test_limits_and_a_killed_supervisor_three_jobs_side_by_side(
     local_job_server, server_project, tmp_path, capsys
 ):
     """Three jobs at once (the server has 3 slots). One trains, then writes nothing: timed out
-    by --stall-timeout. One writes all the time and runs past --max-duration (counted from its
+    by --stall-timeout (40 s: starting Python and torch on a loaded machine is silent for a
+    while too, and must not count as the stall). One writes all the time and runs past --max-duration (counted from its
     first heartbeat, preparation included: 45 s leaves a loaded machine time to start
     training): timed out. The third's supervisor is killed with kill -9: lost, and its
     training processes are killed too. `jobs list` and `show-ex` show them while they run;
-    `runs logs` prints each log and exits with the job's status (124 timed out, 75 lost)."""
+    `runs logs` prints each log and exits with the job's status (124 timed out, 75 lost);
+    `jobs show` and `stop-svr` (the original's name for `runs stop`) on an ended one."""
     project = tiny_project(tmp_path)
     submit_together(
         project,
-        ["--stall-timeout", "20", "--grace", "10", "--name", "stalls", "-c", "steps=3",
+        ["--stall-timeout", "40", "--grace", "10", "--name", "stalls", "-c", "steps=3",
          "-c", "sleep=600"],
         ["--max-duration", "45", "--grace", "10", "--name", "too-long", "-c", "steps=2000",
          "-c", "sleep=0.1"],
@@ -146,7 +153,7 @@ def test_limits_and_a_killed_supervisor_three_jobs_side_by_side(
     jobs = JobsClient(store)
     killed, stalls, too_long = sorted(jobs.list(active=True), key=lambda j: j["name"])
     assert (killed["name"], stalls["name"], too_long["name"]) == ("killed", "stalls", "too-long")
-    assert too_long["max_duration_s"] == 45 and stalls["stall_timeout_s"] == 20
+    assert too_long["max_duration_s"] == 45 and stalls["stall_timeout_s"] == 40
     wait_state(jobs, too_long["id"], ("running",), 300)
     code, table, _ = bk(capsys, "jobs", "list")
     assert code == 0 and all(j["id"] in table for j in (killed, stalls, too_long)), table
@@ -175,6 +182,14 @@ def test_limits_and_a_killed_supervisor_three_jobs_side_by_side(
         assert code == 124 and "step 0 " in out and "timed out" in err  # it trained, then...
     started = datetime.fromisoformat(ended["started"])
     assert (datetime.fromisoformat(ended["ended"]) - started).total_seconds() >= 45
+    code, shown, _ = bk(capsys, "jobs", "show", too_long["id"])
+    assert code == 0 and "timed_out" in shown and "maximum duration of 45" in flat(shown), shown
+    code, shown, _ = bk(capsys, "jobs", "show", too_long["id"], "--json")
+    assert code == 0 and json.loads(shown) == jobs.get(too_long["id"])
+    code, _, err = bk(capsys, "stop-svr", too_long["run_id"])  # the original's name for runs stop
+    assert code == 0 and "is not running" in err and "timed_out" in err, err
+    code, _, err = bk(capsys, "jobs", "show", "no-such-job")
+    assert code != 0 and "no-such-job" in err, err
     assert "step 2 " not in joblog.read_log(store, stalls["id"])[0].decode()  # stalled at once
     code, listed, _ = bk(capsys, "jobs", "list", "--json")
     assert code == 0 and json.loads(listed) == []
