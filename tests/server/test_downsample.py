@@ -21,6 +21,7 @@ from benchkit.server.services.downsample import (
     combine,
     downsample,
     grid,
+    increasing_blocks,
     plan,
     to_columns,
     unclassify,
@@ -157,6 +158,16 @@ def test_rollups_give_exactly_the_buckets_of_the_raw_points():
         assert tier > 1 and got == want, (x0, x1, n, tier)
         seen.add(tier)
     assert seen == {16, 256, 4096}
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_blocks_of_increasing_steps_equal_the_point_by_point_fold(tier):
+    rng = random.Random(tier)
+    steps = sorted(rng.sample(range(300_000), 5_000))  # gaps, and blocks of one point
+    values = [rng.gauss(0, 1) for _ in steps]
+    orders = [1e9 + i for i in range(len(steps))]
+    pts = [Point(s, v, FINITE, o) for s, v, o in zip(steps, values, orders, strict=True)]
+    assert increasing_blocks(steps, values, orders, tier) == blocks(pts, tier)
 
 
 @pytest.mark.parametrize("v", [0.5, -3.0, math.nan, math.inf, -math.inf])

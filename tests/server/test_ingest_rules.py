@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -11,6 +12,7 @@ from benchkit.server.services.ingest import (
     BatchError,
     SeqGap,
     Summary,
+    _parse_records,
     accept,
     check_key,
     check_writer,
@@ -79,7 +81,7 @@ def test_records_parse_into_points_per_metric_and_messages():
         ],
         first_seq=40,
     )
-    assert batch.series == {
+    assert {k: s.points() for k, s in batch.series.items()} == {
         "loss": [(0, 1.0, FINITE, 10.0, 40), (1, None, NAN, 12.0, 42)],
         "acc": [(0, 0.5, FINITE, 10.0, 40), (43, 1.0, FINITE, 13.0, 43)],
     }
@@ -140,3 +142,59 @@ def test_a_batch_has_bounded_size():
         parse_batch([{"t": 1.0, "values": {}}] * 10_001, first_seq=0)
     with pytest.raises(BatchError, match="at most 100000 points"):
         parse_batch([{"t": 1.0, "values": {f"k{i}": 1.0 for i in range(1000)}}] * 101, 0)
+
+
+def _random_batch(rng: random.Random, n: int) -> list:
+    """Records as real runs send them: mostly one shape, sometimes other metrics, messages,
+    records without a step, ints and non-finite tags, steps logged again."""
+    out = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.05:
+            out.append({"t": 100.0 + i, "message": f"line {i}"})
+            continue
+        values = {"loss": rng.gauss(0, 1), "acc": rng.random()}
+        if r < 0.15:
+            values = {"val/acc": rng.choice([1, 0.5, "NaN", "Infinity", "-Infinity"])}
+        elif r < 0.2:
+            values["epoch"] = i // 10
+        rec = {"t": 100.0 + (i if rng.random() > 0.1 else 0), "values": values}
+        if rng.random() > 0.05:
+            rec["step"] = i if rng.random() > 0.05 else max(0, i - 3)
+        if rng.random() < 0.02:
+            rec["message"] = "and a message"
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_column_parse_equals_the_record_by_record_reference(seed):
+    rng = random.Random(seed)
+    raw = _random_batch(rng, rng.choice([1, 2, 50, 500]))
+    want = _parse_records(raw, first_seq=7)
+    got = parse_batch(raw, first_seq=7)
+    assert {k: s.points() for k, s in got.series.items()} == {
+        k: s.points() for k, s in want.series.items()
+    }
+    assert got.messages == want.messages
+    for key, s in got.series.items():
+        assert Summary.of(s) == Summary.of(want.series[key])
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        {"t": 1.0, "step": 0, "values": {"a": 10**400}},  # an int no float holds
+        {"t": 1.0, "step": 0, "values": {"a": True}},  # a bool is a number, stored as 1.0
+        {"t": 1, "step": 0, "values": {"a": 1.7e308}},  # finite, but the column sums to inf
+    ],
+)
+def test_values_the_column_checks_leave_to_the_reference_parse_the_same(rec):
+    raw = [rec, {"t": 2.0, "step": 1, "values": {"a": 1.7e308}}]
+    try:
+        want = {k: s.points() for k, s in _parse_records(raw, 1).series.items()}
+    except (BatchError, OverflowError) as e:
+        with pytest.raises(type(e)):
+            parse_batch(raw, 1)
+        return
+    assert {k: s.points() for k, s in parse_batch(raw, 1).series.items()} == want

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import le
 from typing import Any
 
 from benchkit.server.services.downsample import FINITE, NAN, NEG_INF, POS_INF, classify
@@ -118,15 +120,47 @@ def check_writer(writer: Any) -> str:
 
 
 #: one point of one metric: ``(step, stored value, kind, journal time, seq of its record)``,
-#: a :class:`~.downsample.Point` plus the seq (a plain tuple: ingest makes millions of them)
+#: a :class:`~.downsample.Point` plus the seq
 Pt = tuple[int, "float | None", int, float, int]
+
+
+@dataclass
+class Series:
+    """The points of one metric in a batch as columns, in record order (ingest handles
+    millions of points: columns let the C loops of ``min``, ``zip`` and ``executemany`` do
+    the work that a tuple per point would leave to Python). ``kinds`` is None when every
+    value is finite."""
+
+    steps: list[int]
+    values: list[float | None]
+    kinds: list[int] | None
+    ts: list[float]
+    seqs: list[int]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def points(self) -> list[Pt]:
+        kinds = self.kinds if self.kinds is not None else repeat(FINITE)
+        return list(zip(self.steps, self.values, kinds, self.ts, self.seqs, strict=False))
+
+    @classmethod
+    def of_points(cls, points: Sequence[Pt]) -> Series:
+        steps, values, kinds, ts, seqs = [list(c) for c in zip(*points, strict=False)] or [
+            [],
+            [],
+            [],
+            [],
+            [],
+        ]
+        return cls(steps, values, kinds if any(kinds) else None, ts, seqs)
 
 
 @dataclass
 class Batch:
     """A parsed batch: per metric its points, and the messages ``(seq, time, text)``."""
 
-    series: dict[str, list[Pt]] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
     messages: list[tuple[int, float, str]] = field(default_factory=list)
 
     @property
@@ -140,11 +174,123 @@ def _bad(seq: int, what: str) -> BatchError:
 
 def parse_batch(raw: Sequence[Mapping[str, Any]], first_seq: int) -> Batch:
     """Validate and parse records (``{"t", "step", "values"}`` or ``{"t", "message"}``; record
-    ``i`` has seq ``first_seq + i``; a record without a step takes its seq as step)."""
+    ``i`` has seq ``first_seq + i``; a record without a step takes its seq as step).
+
+    Whole columns are checked at once (:func:`_parse_columns`); a batch that fails any of
+    those checks is parsed record by record (:func:`_parse_records`), which either accepts
+    what the bulk checks were too strict for or names the record at fault."""
     if len(raw) > MAX_RECORDS:
         raise BatchError(f"a batch holds at most {MAX_RECORDS} records, got {len(raw)}")
+    batch = _parse_columns(raw, first_seq)
+    return batch if batch is not None else _parse_records(raw, first_seq)
+
+
+_NUMBER_TYPES = {float, int}
+
+
+def _finite(col: Sequence[float | int]) -> bool:
+    """Whether a column of numbers is finite, all at once (a sum that overflows says no too:
+    the caller then looks at each item)."""
+    try:
+        return math.isfinite(sum(col))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _finite_numbers(col: Sequence[Any]) -> bool:
+    """Whether every item is a float or int (not a bool) and every one is finite."""
+    return set(map(type, col)) <= _NUMBER_TYPES and _finite(col)
+
+
+def _parse_columns(raw: Sequence[Any], first_seq: int) -> Batch | None:
+    """The batch parsed a column at a time, or None when a record is not plainly valid."""
+    n = len(raw)
+    if not n or set(map(type, raw)) != {dict}:
+        return None
+    ts = [r.get("t") for r in raw]
+    if not _finite_numbers(ts):
+        return None
+    seqs = list(range(first_seq, first_seq + n))
+    steps = [r.get("step") for r in raw]
+    if None in steps:
+        steps = [q if s is None else s for s, q in zip(steps, seqs, strict=False)]
+    if set(map(type, steps)) != {int} or min(steps) < 0 or max(steps) > MAX_STEP:
+        return None
     out = Batch()
-    series = out.series
+    texts = [r.get("message") for r in raw]
+    if texts.count(None) != n:
+        if not set(map(type, texts)) <= {str, type(None)}:
+            return None
+        out.messages = [
+            (q, float(t), m) for q, t, m in zip(seqs, ts, texts, strict=False) if m is not None
+        ]
+    values = [r.get("values") for r in raw]
+    rows = [i for i, v in enumerate(values) if v is not None]
+    if len(rows) < n:
+        values = [values[i] for i in rows]
+    if set(map(type, values)) - {dict}:
+        return None
+    if sum(map(len, values)) > MAX_POINTS:
+        raise BatchError(f"a batch holds at most {MAX_POINTS} points")
+    for key, (idx, col) in _columns(rows, values).items():
+        check_key(key)
+        out.series[key] = _series(key, idx, col, steps, ts, seqs, n)
+    return out
+
+
+def _columns(rows: list[int], values: list[dict]) -> dict[str, tuple[list[int], Sequence]]:
+    """Per metric, the indexes of the records holding it and its values there: records with
+    the same metrics in the same order are transposed at once (``zip(*...)``)."""
+    shapes: dict[tuple, list[int]] = dict.fromkeys(map(tuple, values))  # type: ignore[arg-type]
+    if len(shapes) > 1:
+        shapes = {}
+        for pos, v in enumerate(values):
+            shape = tuple(v)
+            have = shapes.get(shape)
+            if have is None:
+                shapes[shape] = [pos]
+            else:
+                have.append(pos)
+    out: dict[str, tuple[list[int], Sequence]] = {}
+    for shape, where in shapes.items():
+        if len(shapes) == 1:
+            idx, cols = rows, zip(*map(dict.values, values), strict=False)
+        else:
+            idx = [rows[p] for p in where]
+            cols = zip(*(values[p].values() for p in where), strict=False)
+        for key, col in zip(shape, cols, strict=False):
+            have = out.get(key)
+            if have is None:
+                out[key] = (idx, col)
+            else:  # the metric is in records of several shapes: merge them in record order
+                merged = sorted(zip((*have[0], *idx), (*have[1], *col), strict=False))
+                out[key] = ([i for i, _ in merged], [v for _, v in merged])
+    return out
+
+
+def _series(
+    key: str,
+    idx: list[int],
+    col: Sequence[Any],
+    steps: list[int],
+    ts: list,
+    seqs: list[int],
+    n: int,
+) -> Series:
+    """The series of one metric from its values ``col`` in records ``idx`` (of ``n``)."""
+    if len(idx) < n:
+        steps, ts, seqs = (list(map(c.__getitem__, idx)) for c in (steps, ts, seqs))
+    types = set(map(type, col))
+    if types <= _NUMBER_TYPES and _finite(col):
+        return Series(steps, list(col if types == {float} else map(float, col)), None, ts, seqs)
+    parsed = [parse_value(key, v) for v in col]
+    return Series(steps, [v for v, _ in parsed], [k for _, k in parsed], ts, seqs)
+
+
+def _parse_records(raw: Sequence[Mapping[str, Any]], first_seq: int) -> Batch:
+    """:func:`parse_batch` one record at a time: the reference, with the precise errors."""
+    series: dict[str, list[Pt]] = {}
+    messages: list[tuple[int, float, str]] = []
     n_points = 0
     for seq, rec in enumerate(raw, first_seq):
         if type(rec) is not dict and not isinstance(rec, Mapping):
@@ -161,7 +307,7 @@ def parse_batch(raw: Sequence[Mapping[str, Any]], first_seq: int) -> Batch:
         if message is not None:
             if not isinstance(message, str):
                 raise _bad(seq, "'message' must be a string")
-            out.messages.append((seq, float(ts), message))
+            messages.append((seq, float(ts), message))
         values = rec.get("values")
         if values is None:
             continue
@@ -174,12 +320,9 @@ def parse_batch(raw: Sequence[Mapping[str, Any]], first_seq: int) -> Batch:
             pts = series.get(k)
             if pts is None:
                 pts = series[check_key(k)] = []
-            if type(v) is float and -math.inf < v < math.inf:  # the common case, inline
-                pts.append((step, v, FINITE, ts, seq))
-            else:
-                value, kind = parse_value(k, v)
-                pts.append((step, value, kind, ts, seq))
-    return out
+            value, kind = parse_value(k, v)
+            pts.append((step, value, kind, ts, seq))
+    return Batch({k: Series.of_points(p) for k, p in series.items()}, messages)
 
 
 @dataclass
@@ -199,25 +342,18 @@ class Summary:
     max_step: int = -1
 
     @classmethod
-    def of(cls, points: Iterable[Pt]) -> Summary:
-        s = cls()
-        last: Pt | None = None
-        for p in points:
-            step, value, kind, ts = p[0], p[1], p[2], p[3]
-            s.count += 1
-            if kind == FINITE:
-                if s.min is None or value < s.min:  # type: ignore[operator]
-                    s.min = value
-                if s.max is None or value > s.max:  # type: ignore[operator]
-                    s.max = value
-            else:
-                s.nonfinite += 1
-            if last is None or ts >= last[3]:
-                last = p
-            if step < s.first_step:
-                s.first_step = step
-            if step > s.max_step:
-                s.max_step = step
-        if last is not None:
-            s.last, s.last_kind, s.last_step, s.last_ts = last[1], last[2], last[0], last[3]
+    def of(cls, series: Series) -> Summary:
+        n = len(series)
+        s = cls(count=n, first_step=min(series.steps), max_step=max(series.steps))
+        values = series.values
+        if series.kinds is not None:
+            values = [v for v, k in zip(values, series.kinds, strict=False) if k == FINITE]
+            s.nonfinite = n - len(values)
+        if values:
+            s.min, s.max = min(values), max(values)
+        ts = series.ts
+        # the latest logged; of equal times, the later record
+        i = n - 1 if all(map(le, ts, ts[1:])) else max(zip(ts, range(n), strict=False))[1]
+        s.last, s.last_step, s.last_ts = series.values[i], series.steps[i], ts[i]
+        s.last_kind = FINITE if series.kinds is None else series.kinds[i]
         return s

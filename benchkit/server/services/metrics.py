@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import lt
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
@@ -259,11 +261,20 @@ def _bulk(conn: Connection, table, cols: Sequence[str], rows: list[tuple], tail:
 
 
 def _insert_points(conn: Connection, ids: dict[str, int], writer_pk: int, batch: Batch) -> None:
-    rows = [
-        (ids[key], step, writer_pk, seq, ts, value, kind)
-        for key, pts in batch.series.items()
-        for step, value, kind, ts, seq in pts
-    ]
+    rows: list[tuple] = []
+    for key, s in batch.series.items():
+        n = len(s)
+        kinds = s.kinds if s.kinds is not None else repeat(ds.FINITE, n)
+        rows += zip(
+            repeat(ids[key], n),
+            s.steps,
+            repeat(writer_pk, n),
+            s.seqs,
+            s.ts,
+            s.values,
+            kinds,
+            strict=False,
+        )
     inserted = _bulk(conn, metric_points, _POINT_COLUMNS, rows, "ON CONFLICT DO NOTHING")
     if inserted not in (-1, len(rows)):
         raise IntegrityFailure(
@@ -274,9 +285,13 @@ def _insert_points(conn: Connection, ids: dict[str, int], writer_pk: int, batch:
 
 def _merge_rollups(conn: Connection, ids: dict[str, int], batch: Batch) -> None:
     rows = []
-    for key, pts in batch.series.items():
+    for key, s in batch.series.items():
         sid = ids[key]
-        tier_blocks = ds.blocks(pts, ds.TIERS[0])
+        steps = s.steps
+        if s.kinds is None and all(map(lt, steps, steps[1:])):
+            tier_blocks = ds.increasing_blocks(steps, s.values, s.ts, ds.TIERS[0])
+        else:
+            tier_blocks = ds.blocks(s.points(), ds.TIERS[0])
         for fine, tier in zip((1, *ds.TIERS), ds.TIERS, strict=False):
             if fine > 1:
                 tier_blocks = ds.coarser(tier_blocks, tier // fine)
