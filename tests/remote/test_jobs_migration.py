@@ -44,12 +44,12 @@ def test_the_chain_is_0001_0002_0003_and_an_empty_database_reaches_the_head(empt
     from benchkit.server.db.migrate import MIGRATIONS
 
     chain = [s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()]
-    assert chain == ["0003", "0002", "0001"] and head_revision() == "0003"  # one head, jobs last
+    assert chain[-3:] == ["0003", "0002", "0001"] and head_revision() == chain[0]  # one head
     upgrade(empty_db)
-    assert current_revision(empty_db) == "0003"
+    assert current_revision(empty_db) == head_revision()
     assert {"jobs", "projects", "api_keys", "users"} <= _tables(empty_db)
     upgrade(empty_db)  # again: nothing to do
-    assert current_revision(empty_db) == "0003"
+    assert current_revision(empty_db) == head_revision()
 
 
 def test_a_database_at_0002_gains_the_jobs_table_and_keeps_its_rows(empty_db):
@@ -66,7 +66,7 @@ def test_a_database_at_0002_gains_the_jobs_table_and_keeps_its_rows(empty_db):
         before = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
                   for t in ("projects", "api_keys")}  # fmt: skip
     upgrade(empty_db)
-    assert current_revision(empty_db) == "0003"
+    assert current_revision(empty_db) == head_revision()
     with empty_db.engine.begin() as conn:
         after = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in before}
     assert after == before and before["projects"] == 1

@@ -211,7 +211,7 @@ def test_deleting_a_run_removes_its_points_and_cursors(engine):
 
 def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path, request):
     """A database upgraded revision by revision (0001, tracking's 0002, jobs' 0003: the order
-    the merge gave them; tests/remote/test_jobs_migration.py checks the chain) holds exactly
+    the merge gave them, then 0004; tests/remote/test_jobs_migration.py checks the chain) holds exactly
     the tables, columns, indexes and constraints the models declare, on both engines."""
     from alembic import command
     from alembic.autogenerate import compare_metadata
@@ -226,7 +226,7 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path, req
     for url in (f"sqlite:///{tmp_path / 'steps.db'}", pg):
         db = Database(url)
         cfg = alembic_config(db)
-        for rev in ("0001", "0002", "0003"):
+        for rev in ("0001", "0002", "0003", "0004"):
             with db.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, rev)
@@ -235,3 +235,49 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path, req
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], (url.split(":")[0], diff)
         db.close()
+
+
+def _alembic(db, action: str, revision: str) -> None:
+    from alembic import command
+
+    from benchkit.server.db.migrate import alembic_config
+
+    cfg = alembic_config(db)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, action)(cfg, revision)
+
+
+def _count_points(db) -> int:
+    with db.engine.connect() as c:
+        return c.execute(select(func.count()).select_from(metric_points)).scalar()
+
+
+def test_points_lose_their_foreign_keys_but_not_their_cascade(tracking_db):
+    """0004 drops the points' per-row foreign keys and keeps what they did: deleting a series
+    (a run, or its project) or a writer deletes its points; points stored before the upgrade
+    are kept, and the revision goes down again."""
+    from sqlalchemy import text
+
+    db, other = tracking_db, metrics.RunRef("proj-b", "kept")
+    engine = db.engine.execution_options(sqlite_begin="IMMEDIATE") if db.is_sqlite else db.engine
+    _alembic(db, "downgrade", "0003")
+    put(engine, 0, recs(0, 30, keys=("loss", "acc")))
+    put(engine, 0, recs(0, 10), run=other)
+    _alembic(db, "upgrade", "0004")
+    assert _count_points(db) == 70
+    put(engine, 30, recs(30, 40, keys=("loss", "acc")))  # ingest goes on after the upgrade
+    assert _count_points(db) == 90
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM ingest_cursors WHERE run_id = 'kept'"))
+    assert _count_points(db) == 80
+    put(engine, 0, recs(0, 10), run=other, writer="w1")
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM projects WHERE id = 'proj-a'"))  # series cascade, then points
+    assert _count_points(db) == 10
+    _alembic(db, "downgrade", "0003")
+    assert _count_points(db) == 10
+    # the foreign keys are back: a point of no series is refused
+    with pytest.raises(Exception, match="(?i)foreign key"), engine.begin() as c:
+        c.execute(text("INSERT INTO metric_points VALUES (999, 0, 999, 1, 0.0, 1.0, 0)"))
+    _alembic(db, "upgrade", "head")

@@ -4,8 +4,8 @@ cursors and the runs' console log.
 A run is the catalog's ``runs`` row (indexed from the run's ``run.json`` blob); these tables
 refer to it by ``(project_id, run_id)`` without a foreign key to it, because the catalog may
 rebuild its rows from the store at any time (``benchkit server reindex``) and metrics live only
-here. They are deleted with the project (``ON DELETE CASCADE``) or with the run
-(:func:`benchkit.server.services.metrics.delete_run`).
+here. They are deleted with the project (``ON DELETE CASCADE``; points by a trigger on their
+series) or with the run (:func:`benchkit.server.services.metrics.delete_run`).
 
 Listing runs reads ``metric_series`` (one row per metric of a run with its last, min, max and
 count), never ``metric_points``. Points are keyed so that one journal record's value of one
@@ -85,12 +85,14 @@ ingest_cursors = Table(
     UniqueConstraint("project_id", "run_id", "writer", name="uq_ingest_cursors_run_writer"),
 )
 
+#: no foreign keys (revision 0004): checking them cost more than storing the point; ``AFTER
+#: DELETE`` triggers on ``metric_series`` and ``ingest_cursors`` delete a series' points
 metric_points = Table(
     "metric_points",
     metadata,
-    Column("series_id", Integer, ForeignKey("metric_series.id", ondelete="CASCADE")),
+    Column("series_id", Integer, nullable=False),
     Column("step", BigInteger, nullable=False),
-    Column("writer_pk", Integer, ForeignKey("ingest_cursors.id", ondelete="CASCADE")),
+    Column("writer_pk", Integer, nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("ts", Float, nullable=False),
     Column("value", Float),

@@ -436,5 +436,5 @@ def log_lines(
 
 def delete_run(conn: Connection, run: RunRef) -> None:
     """Delete everything tracked of a run (its points, rollups, log and cursors)."""
-    for table in (metric_series, run_log, ingest_cursors):  # points and rollups cascade
+    for table in (metric_series, run_log, ingest_cursors):  # points: a trigger; rollups cascade
         conn.execute(table.delete().where(run.where(table)))
