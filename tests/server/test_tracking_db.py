@@ -281,3 +281,18 @@ def test_points_lose_their_foreign_keys_but_not_their_cascade(tracking_db):
     with pytest.raises(Exception, match="(?i)foreign key"), engine.begin() as c:
         c.execute(text("INSERT INTO metric_points VALUES (999, 0, 999, 1, 0.0, 1.0, 0)"))
     _alembic(db, "upgrade", "head")
+
+
+def test_a_point_that_exists_although_the_cursor_says_new_fails_the_whole_batch(engine):
+    """The unique key is the second line of defence: a batch whose points exist already (the
+    cursor lost, say by a hand edit) is refused and writes nothing, its cursor included."""
+    from sqlalchemy import text
+
+    put(engine, 0, recs(0, 5))
+    with engine.begin() as c:
+        c.execute(text("UPDATE ingest_cursors SET next_seq = 3"))
+    with pytest.raises(metrics.IntegrityFailure, match="already existed"):
+        put(engine, 2, recs(2, 8))
+    with engine.connect() as c:
+        assert metrics.cursors(c, RUN) == {"w0": 3}
+        assert c.execute(select(func.count()).select_from(metric_points)).scalar() == 5
