@@ -320,34 +320,31 @@ def _merge_rollups(conn: Connection, ids: dict[str, int], batch: Batch) -> None:
 # --- reading ------------------------------------------------------------------------------
 
 
-def summaries(conn: Connection, runs: Sequence[RunRef]) -> dict[str, dict[str, dict[str, Any]]]:
+def summaries(
+    conn: Connection, runs: Sequence[RunRef], whole_project: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Per run id (of one project), per metric: its summary (``last``, ``min``, ``max``,
-    ``count``, steps). Reads ``metric_series`` only."""
+    ``count``, steps). Reads ``metric_series`` only; ``whole_project``: ``runs`` are all the
+    project's runs, so the query needs no list of ids."""
     out: dict[str, dict[str, dict[str, Any]]] = {r.run_id: {} for r in runs}
     if not runs:
         return out
     t = metric_series.c
-    q = (
-        select(metric_series)
-        .where(t.project_id == runs[0].project_id, t.run_id.in_(list(out)), t.count > 0)
-        .order_by(t.key)
+    q = select(t.run_id, t.key, t.last, t.last_kind, *(t[c] for c in _SUMMARY_KEYS)).where(
+        t.project_id == runs[0].project_id, t.count > 0
     )
-    for r in conn.execute(q):
-        out[r.run_id][r.key] = summary_json(r)
+    if not whole_project:
+        q = q.where(t.run_id.in_(list(out)))
+    for run_id, key, last, kind, *rest in conn.execute(q.order_by(t.key)):
+        into = out.get(run_id)
+        if into is not None:
+            into[key] = d = {"last": value_json(last, kind)}
+            d.update(zip(_SUMMARY_KEYS, rest, strict=True))
     return out
 
 
-def summary_json(r: Any) -> dict[str, Any]:
-    return {
-        "last": value_json(r.last, r.last_kind),
-        "last_step": r.last_step,
-        "min": r.min,
-        "max": r.max,
-        "count": r.count,
-        "nonfinite": r.nonfinite,
-        "first_step": r.first_step,
-        "max_step": r.max_step,
-    }
+#: the columns of a summary besides its last value
+_SUMMARY_KEYS = ("last_step", "min", "max", "count", "nonfinite", "first_step", "max_step")
 
 
 def chart(

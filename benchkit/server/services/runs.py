@@ -162,7 +162,7 @@ def load(
         q = q.where(Run.id.in_(list(run_ids)))
     rows = conn.execute(q.order_by(Run.id)).all()
     refs = [RunRef(project_id, r.id) for r in rows]
-    sums = metrics.summaries(conn, refs)
+    sums = metrics.summaries(conn, refs, whole_project=run_ids is None)
     seen_ingest = metrics.last_seen(conn, refs)
     now = datetime.now(timezone.utc).timestamp() if now is None else now
     out = []
