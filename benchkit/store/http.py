@@ -8,19 +8,25 @@ one or a few requests:
 ===================  ==================================================================
 ``put``              ``PUT /blobs/<key>`` with ``X-Content-SHA256``: the server stores the
                      object only if the bytes it received hash to that value
-``put_file``         the same up to ``part_size`` (default 32 MiB); larger or unsized
-                     sources (pipes) go through an upload session, one part at a time,
-                     resumed at the server's offset after a dropped connection or a server
-                     restart, then completed with the sha256 of the whole
+``put_file``         the same up to ``part_size`` (default 32 MiB); a larger file goes through
+                     a parallel upload session: ``parallel`` (default 4) numbered parts in
+                     flight on their own connections, each read from the file as it is sent
+                     and hashed on both sides; a part whose connection broke is sent again
+                     unless the server holds it with the same SHA-256; then completed with
+                     every part's SHA-256. Unsized sources (pipes) go through an in-order
+                     session, one part at a time, resumed at the server's offset, then
+                     completed with the sha256 of the whole. A failed upload aborts its session
 ``get`` / range      ``GET /blobs/<key>`` (``Range: bytes=a-b``)
-``get_file``         one streamed GET into a temporary file, renamed when whole
+``get_file``         ranged GETs into a temporary file, renamed when whole: the first
+                     ``FIRST_RANGE`` bytes, then ``part_size`` ranges, ``parallel`` at once,
+                     each pinned to the first answer's ``ETag`` (``If-Match``: an object
+                     replaced meanwhile restarts the download) and retried on its own
 ``stat`` / exists    ``HEAD /blobs/<key>``
 ``list``             ``GET /blobs?prefix=`` (pages of 1000 keys)
 ``delete[_prefix]``  ``DELETE /blobs/<key>``, ``DELETE /blobs?prefix=``
 ===================  ==================================================================
 
-Memory: one part (``put_file``) or one 1 MiB block (``get_file``) per call, whatever the
-object's size. Processes: the store pickles as its URL and key (spawned DataLoader workers
+Memory: a few 1 MiB blocks per part or range in flight, whatever the object's size. Processes: the store pickles as its URL and key (spawned DataLoader workers
 reopen it) and a forked child opens its own connections, so it is fork-safe.
 
 Keys follow :func:`~benchkit.store.base.check_key` plus what HTTP needs
@@ -30,12 +36,15 @@ and no percent-escapes, so a key means the same thing before and after URL decod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import select
 import stat as stat_module
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,6 +59,10 @@ MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
 LIST_PAGE = 1000
 DOWNLOAD_BLOCK = 1024 * 1024
+#: the first range of a download: small objects take one request, and it names the version
+FIRST_RANGE = 4 * 1024 * 1024
+#: parts (uploads) and ranges (downloads) of one large object in flight at once
+DEFAULT_PARALLEL = 4
 #: a pipe's part is sent early once it holds this much and the producer pauses
 MIN_STREAM_PART = 1024 * 1024
 STREAM_PAUSE_S = 0.2
@@ -99,10 +112,18 @@ class HttpStore(Store):
         *,
         part_size: int = DEFAULT_PART_SIZE,
         resume_s: float | None = None,
+        parallel: int | None = None,
     ) -> None:
         self.client = ApiClient(url, api_key, project_id)
         self.url = self.client.url
         self.part_size = part_size
+        #: parts or ranges of one large object in flight at once (1: one at a time, in order)
+        self.parallel = max(
+            1,
+            int(os.environ.get("BENCHKIT_HTTP_PARALLEL", DEFAULT_PARALLEL))
+            if parallel is None
+            else parallel,
+        )
         #: how long a large upload keeps resuming after connection failures
         self.resume_s = float(
             os.environ.get("BENCHKIT_HTTP_RESUME_S", 120) if resume_s is None else resume_s
@@ -163,7 +184,11 @@ class HttpStore(Store):
             self._upload(key, _FileSource(f) if regular else _StreamSource(f))
 
     def _upload(self, key: str, source: _Source) -> None:
-        """An upload session: parts in order, resumed at the server's offset, then complete."""
+        """An upload session: parallel numbered parts from a seekable source, or parts in
+        order (a pipe, or ``parallel=1``), resumed at the server's offset, then complete."""
+        if source.seekable and self.parallel > 1:
+            self._upload_parallel(key, source)
+            return
         session = self.client.json(
             "POST", "uploads", json={"key": key}, expect=(201,), what=f"uploading '{key}'"
         )
@@ -219,8 +244,110 @@ class HttpStore(Store):
             if received != offset:
                 return source.hashed_to(received)  # the server has less than we thought
 
-    def _retrying(self, deadline: float, call: Any) -> Any:
-        """``call()``, repeated with backoff on connection errors until ``deadline``."""
+    def _upload_parallel(self, key: str, source: _Source) -> None:
+        """Numbered parts, ``parallel`` at once, then complete with their SHA-256s; on any
+        failure the session is aborted (nothing of it stays on the server)."""
+        size, part_size = source._size(), self.part_size
+        session = self.client.json(
+            "POST",
+            "uploads",
+            json={"key": key, "part_size": part_size},
+            expect=(201,),
+            what=f"uploading '{key}'",
+        )
+        upload_id = session["id"]
+        deadline = time.monotonic() + self.resume_s
+        spans = [
+            (n * part_size, min(part_size, size - n * part_size))
+            for n in range(-(-size // part_size))
+        ]
+        try:
+            shas = _all_at_once(
+                self.parallel,
+                [
+                    lambda n=n, at=at, length=length: self._send_numbered(
+                        key, upload_id, n, source, at, length, deadline
+                    )
+                    for n, (at, length) in enumerate(spans)
+                ],
+            )
+            self._retrying(
+                deadline,
+                lambda: self.client.request(
+                    "POST",
+                    self.client.path("uploads", upload_id, "complete"),
+                    json={"size": size, "parts": shas},
+                    timeout=(5, 3600),
+                    what=f"completing the upload of '{key}'",
+                ),
+                busy=True,
+            )
+        except BaseException:
+            self._abort_session(upload_id)
+            raise
+
+    def _send_numbered(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: _Source,
+        offset: int,
+        size: int,
+        deadline: float,
+    ) -> str:
+        """Send part ``number`` until the server holds it with the SHA-256 of the file's bytes;
+        returns that SHA-256."""
+        url = self.client.path("uploads", upload_id, "parts", str(number))
+        what = f"uploading part {number} of '{key}'"
+        damaged = 0
+        while True:
+            body = _HashedPart(source, offset, size)
+            try:
+                held = self.client.request(
+                    "PUT",
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/octet-stream"},
+                    what=what,
+                ).json()
+                digest = body.hexdigest() or _hash_span(source, offset, size)
+                if held["sha256"] == digest and held["size"] == size:
+                    return digest
+                damaged += 1
+                if damaged == 3:
+                    raise StoreError(
+                        f"part {number} of '{key}' reached {self.url} damaged 3 times (SHA-256 "
+                        f"{held['sha256']}, the file's is {digest}); check the network"
+                    )
+                continue
+            except StoreConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            except StoreError as e:
+                if "being written" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)  # the server still ends the part a broken connection left
+                continue
+            # the connection broke: the part may have arrived all the same
+            session = self._retrying(
+                deadline, lambda: self.client.json("GET", "uploads", upload_id, what=what)
+            )
+            digest = _hash_span(source, offset, size)
+            if {"number": number, "size": size, "sha256": digest} in (session.get("parts") or []):
+                return digest
+
+    def _abort_session(self, upload_id: str) -> None:
+        """Drop a failed upload's session and bytes (best effort: an unreachable server
+        expires it, and ``sweep_leftovers`` removes it)."""
+        with contextlib.suppress(StoreError):
+            self.client.request(
+                "DELETE", self.client.path("uploads", upload_id), expect=(204, 404), timeout=(5, 30)
+            )
+
+    def _retrying(self, deadline: float, call: Any, busy: bool = False) -> Any:
+        """``call()``, repeated with backoff on connection errors until ``deadline`` (and, with
+        ``busy``, while the server says parts are still being written)."""
         delay = 0.25
         while True:
             try:
@@ -228,8 +355,11 @@ class HttpStore(Store):
             except StoreConnectionError:
                 if time.monotonic() + delay > deadline:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 4.0)
+            except StoreError as e:
+                if not busy or "being written" not in str(e) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -262,24 +392,10 @@ class HttpStore(Store):
 
     def get_file(self, key: str, dest: str | os.PathLike[str]) -> Path:
         dest = Path(dest)
-        url = self._blob(key)
         for attempt in range(3):
             try:
-                with self._req(
-                    "GET", url, stream=True, expect=(200, 404), what=f"reading '{key}'"
-                ) as resp:
-                    if resp.status_code == 404:
-                        raise self.not_found(key)
-                    expected = int(resp.headers.get("Content-Length", -1))
-                    with atomic_file(dest) as out:
-                        n = 0
-                        for block in resp.iter_content(DOWNLOAD_BLOCK):
-                            out.write(block)
-                            n += len(block)
-                        if expected >= 0 and n != expected:
-                            raise StoreConnectionError(
-                                f"the download of '{key}' from {self.url} was cut short"
-                            )
+                with atomic_file(dest) as out:
+                    self._download(key, out.fileno())
                 return dest
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 if attempt == 2:
@@ -287,8 +403,74 @@ class HttpStore(Store):
             except StoreConnectionError:
                 if attempt == 2:
                     raise
+            except _Replaced:
+                if attempt == 2:
+                    raise StoreError(
+                        f"'{key}' was replaced on {self.url} during each of 3 downloads; "
+                        "download it again when nothing writes it"
+                    ) from None
             time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _download(self, key: str, fd: int) -> None:
+        """The object into ``fd``: its first range, then the rest in ranges ``parallel`` at
+        once, all of the version the first answer names (``ETag``)."""
+        url = self._blob(key)
+        first = {"Range": f"bytes=0-{FIRST_RANGE - 1}"} if self.parallel > 1 else {}
+        with self._req(
+            "GET",
+            url,
+            stream=True,
+            headers=first,
+            expect=(200, 206, 404, 416),
+            what=f"reading '{key}'",
+        ) as resp:
+            if resp.status_code == 404:
+                raise self.not_found(key)
+            if resp.status_code == 416:
+                return  # an empty object
+            etag = resp.headers.get("ETag")
+            size = int(resp.headers.get("X-Object-Size", -1))
+            if resp.status_code == 206 and (etag is None or size < 0):
+                first = {}  # no version to pin ranges to: the whole in one answer
+            else:
+                _write_body(resp, fd, 0, key, self.url)
+                if resp.status_code == 200:
+                    return  # the whole object (a server that ignores ranges)
+        if not first:
+            with self._req("GET", url, stream=True, what=f"reading '{key}'") as resp:
+                _write_body(resp, fd, 0, key, self.url)
+            return
+        spans = [
+            (a, min(a + self.part_size, size)) for a in range(FIRST_RANGE, size, self.part_size)
+        ]
+        _all_at_once(
+            self.parallel,
+            [lambda a=a, b=b: self._get_span(url, key, fd, a, b, etag) for a, b in spans],
+        )
+
+    def _get_span(self, url: str, key: str, fd: int, start: int, end: int, etag: str) -> None:
+        """Bytes ``[start, end)`` of the version ``etag`` into ``fd``; a broken answer is
+        fetched again (twice at most)."""
+        headers = {"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
+        for attempt in range(3):
+            try:
+                with self._req(
+                    "GET", url, stream=True, headers=headers, expect=(206, 404, 412, 416),
+                    what=f"reading '{key}'",
+                ) as resp:  # fmt: skip
+                    if resp.status_code != 206:
+                        raise _Replaced()
+                    _write_body(resp, fd, start, key, self.url)
+                return
+            except (
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                StoreConnectionError,
+            ):
+                if attempt == 2:
+                    raise
+                time.sleep(0.25 * (attempt + 1))
 
     # --- metadata ------------------------------------------------------------------------------
 
@@ -355,6 +537,48 @@ class HttpStore(Store):
                 "DELETE", "blobs", params={"prefix": prefix}, what=f"deleting '{prefix}'"
             )["deleted"]
         )
+
+
+# --- parts in flight ---------------------------------------------------------------------------
+
+
+class _Replaced(Exception):
+    """The object changed between the ranges of one download."""
+
+
+def _all_at_once(parallel: int, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` on up to ``parallel`` threads; their results in order. The first failure
+    cancels the calls not yet started and is raised once the running ones have ended."""
+    if len(calls) <= 1:
+        return [c() for c in calls]
+    with ThreadPoolExecutor(min(parallel, len(calls)), thread_name_prefix="bench-http") as pool:
+        futures: list[Future] = [pool.submit(c) for c in calls]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise failed.exception()
+    return [f.result() for f in futures]
+
+
+def _write_body(resp: requests.Response, fd: int, at: int, key: str, url: str) -> None:
+    """The body of ``resp`` into ``fd`` from byte ``at``, all of it or a connection error."""
+    expected = int(resp.headers.get("Content-Length", -1))
+    n = 0
+    for block in resp.iter_content(DOWNLOAD_BLOCK):
+        os.pwrite(fd, block, at + n)
+        n += len(block)
+    if expected >= 0 and n != expected:
+        raise StoreConnectionError(f"the download of '{key}' from {url} was cut short")
+
+
+def _hash_span(source: _Source, offset: int, size: int) -> str:
+    h = hashlib.sha256()
+    for pos in range(offset, offset + size, DOWNLOAD_BLOCK * 8):
+        h.update(source._read(pos, min(DOWNLOAD_BLOCK * 8, offset + size - pos)))
+    return h.hexdigest()
 
 
 # --- sources of an upload session --------------------------------------------------------------
@@ -502,3 +726,37 @@ class _Part:
 
     def __iter__(self):
         return iter(lambda: self.read(SEND_BLOCK), b"")
+
+
+class _HashedPart(_Part):
+    """A part of a parallel upload: read straight from the source (from any thread) and
+    hashed on its own; ``hexdigest`` is its SHA-256 once read whole from the start, else ''."""
+
+    def __init__(self, source: _Source, offset: int, size: int) -> None:
+        super().__init__(source, offset, size)
+        self._hash, self._hashed = hashlib.sha256(), 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        pos = super().seek(pos, whence)
+        if pos == 0:
+            self._hash, self._hashed = hashlib.sha256(), 0  # urllib3 rewinds to resend
+        return pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        data = self.source._read(self.offset + self.pos, n)
+        if len(data) != n:
+            raise StoreError(
+                f"the file being uploaded shrank during the upload (at byte "
+                f"{self.offset + self.pos + len(data)}): upload it again once it is complete"
+            )
+        if self._hashed == self.pos:
+            self._hash.update(data)
+            self._hashed += n
+        self.pos += n
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest() if self._hashed == self.size else ""

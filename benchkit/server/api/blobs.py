@@ -102,18 +102,25 @@ def _object_headers(size: int) -> dict[str, str]:
 @router.get(
     "/blobs/{key:path}",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 416: {}},
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 412: {}, 416: {}},
 )
 def get_blob(
     key: str,
     token: Token,
     services: ServicesDep,
     range: Annotated[str | None, Header(description="bytes=START-END (one range)")] = None,
+    if_match: Annotated[str | None, Header(description="the ETag of an earlier read")] = None,
 ) -> Response:
-    """The object's bytes, or one range of them (``Range: bytes=a-b``)."""
+    """The object's bytes, or one range of them (``Range: bytes=a-b``); with ``If-Match``,
+    412 when the object is no longer the version that ETag names (ranges of one version)."""
     project_id = services.keys.authenticate(token).project_id
     plan = services.blobs.read(project_id, key)
     headers = _object_headers(plan.size)
+    if plan.etag is not None:
+        headers["ETag"] = plan.etag
+        if if_match is not None and if_match.strip() not in (plan.etag, "*"):
+            plan.close()
+            return Response(status_code=412, headers=headers)
     wanted = parse_range(range, plan.size)
     if wanted is False:
         plan.close()

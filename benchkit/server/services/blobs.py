@@ -35,6 +35,7 @@ from sqlalchemy import delete, select
 from benchkit.errors import InvalidKey, ObjectNotFound
 from benchkit.server.db.models import Upload, utcnow
 from benchkit.server.db.session import Database
+from benchkit.server.services import parts as parts_journal
 from benchkit.server.services.catalog import Catalog, project_prefix
 from benchkit.server.services.errors import BadRequest, Conflict, NotFound, TooLarge
 from benchkit.server.services.staging import Staging
@@ -55,6 +56,11 @@ def check_sha256(value: str | None) -> str:
     if len(v) != 64 or not set(v) <= SHA256_HEX:
         raise BadRequest("give the body's SHA-256 as 64 hex digits in the X-Content-SHA256 header")
     return v
+
+
+def composite_sha256(parts: list[str]) -> str:
+    """What a parallel session records as its checksum: the SHA-256 of its parts' digests."""
+    return hashlib.sha256(b"".join(bytes.fromhex(check_sha256(p)) for p in parts)).hexdigest()
 
 
 def hash_file(path: Path, upto: int) -> hashlib._Hash:
@@ -78,6 +84,9 @@ class UploadInfo:
     state: str
     created_at: datetime
     updated_at: datetime
+    #: a parallel session's part size and the parts it holds (None for an in-order session)
+    part_size: int | None = None
+    parts: list[parts_journal.Part] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class ReadPlan:
     read: Callable[[int, int], bytes]
     close: Callable[[], None] = lambda: None
     block: int = READ_BLOCK
+    #: names this version of the object (a replace changes it); None when the store has none
+    etag: str | None = None
 
     def open(self, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``[start, end)`` in blocks; closes the object when done."""
@@ -116,9 +127,12 @@ def _upload_info(u: Upload) -> UploadInfo:
 class Sink:
     """Bytes of one request body going into a staging file, hashed and counted as they come."""
 
-    def __init__(self, path: Path, limit: int, offset: int | None = None, h=None) -> None:
-        """A new file, or with ``offset`` an existing one cut at ``offset`` and written on from
-        there (``h`` then holds the hash of the bytes before it)."""
+    def __init__(
+        self, path: Path, limit: int, offset: int | None = None, h=None, truncate: bool = True
+    ) -> None:
+        """A new file, or with ``offset`` an existing one cut at ``offset`` (unless not
+        ``truncate``: a numbered part among others) and written on from there (``h`` then holds
+        the hash of the bytes before it)."""
         self.path = path
         self.limit = limit
         self.offset = offset or 0
@@ -127,7 +141,8 @@ class Sink:
         self._f: BinaryIO = open(path, "wb" if offset is None else "r+b")  # noqa: SIM115
         if offset is not None:
             self._f.seek(offset)
-            self._f.truncate()
+            if truncate:
+                self._f.truncate()
 
     def write(self, data: bytes) -> None:
         self.count += len(data)
@@ -165,6 +180,8 @@ class Blobs:
         self.max_upload = max_upload
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        #: (upload id, part number) of the numbered parts being written now
+        self._in_flight: set[tuple[str, int]] = set()
         #: running hash of each upload at its received offset (lost at restart: recomputed)
         self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}
         #: staged uploads whose written parts one background thread is putting on disk, so
@@ -267,7 +284,9 @@ class Blobs:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 raise NotFound(f"no object {key!r}") from None
             fd = f.fileno()
-            return ReadPlan(os.fstat(fd).st_size, lambda a, n: os.pread(fd, n, a), f.close)
+            st = os.fstat(fd)
+            etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+            return ReadPlan(st.st_size, lambda a, n: os.pread(fd, n, a), f.close, etag=etag)
         size = self.stat(project_id, key)
         return ReadPlan(
             size, lambda a, n: self.store.get_range(object_key, a, a + n), block=REMOTE_BLOCK
@@ -318,8 +337,13 @@ class Blobs:
 
     # --- upload sessions -----------------------------------------------------------------------
 
-    def create_upload(self, project_id: str, key: str) -> UploadInfo:
+    def create_upload(self, project_id: str, key: str, part_size: int | None = None) -> UploadInfo:
+        """An upload session for ``key``: parts in order at the received offset, or with
+        ``part_size`` numbered parts in any order, several at once (:meth:`begin_numbered`)."""
         self.object_key(project_id, key)
+        lo, hi = parts_journal.MIN_PART_SIZE, parts_journal.MAX_PART_SIZE
+        if part_size is not None and not lo <= part_size <= hi:
+            raise BadRequest(f"part_size must be between {lo} and {hi} bytes, not {part_size}")
         upload_id = secrets.token_hex(16)
         now = utcnow()
         with self.db.write() as s:
@@ -336,7 +360,19 @@ class Blobs:
             s.flush()
             info = _upload_info(row)
         self.staging.upload_path(upload_id).touch()
-        return info
+        if part_size is not None:
+            parts_journal.create(self.staging.parts_path(upload_id), part_size)
+        return self._with_parts(info)
+
+    def _with_parts(self, info: UploadInfo) -> UploadInfo:
+        """``info`` with a parallel session's parts (and ``received``, their total)."""
+        journal = parts_journal.read(self.staging.parts_path(info.id))
+        if journal is None:
+            return info
+        part_size, held = journal
+        parts = sorted(held.values(), key=lambda p: p.number)
+        received = sum(p.size for p in parts)
+        return replace(info, part_size=part_size, parts=parts, received=received)
 
     def _row(self, s, project_id: str, upload_id: str) -> Upload:
         row = s.get(Upload, (project_id, upload_id))
@@ -349,6 +385,8 @@ class Blobs:
     def get_upload(self, project_id: str, upload_id: str) -> UploadInfo:
         with self.db.read() as s:
             info = _upload_info(self._row(s, project_id, upload_id))
+        if info.state == "open" and self.staging.parts_path(upload_id).exists():
+            return self._with_parts(info)
         held = self._held(upload_id, info.received)
         return info if held == info.received else replace(info, received=held)
 
@@ -370,7 +408,8 @@ class Blobs:
                 .where(Upload.project_id == project_id, Upload.state == "open")
                 .order_by(Upload.created_at)
             )
-            return [_upload_info(u) for u in rows if u.key.startswith(prefix)]
+            infos = [_upload_info(u) for u in rows if u.key.startswith(prefix)]
+        return [self._with_parts(u) for u in infos]
 
     def _lock(self, upload_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -392,6 +431,8 @@ class Blobs:
             received = self._held(upload_id, received)
             if state != "open":
                 raise Conflict("this upload session is complete", received=received)
+            if self.staging.parts_path(upload_id).exists():
+                raise Conflict("this upload session takes numbered parts (PUT .../parts/N)")
             if offset < 0 or offset > received:
                 raise Conflict(
                     f"part offset {offset} does not follow the {received} bytes received; "
@@ -459,10 +500,129 @@ class Blobs:
         finally:
             lock.release()
 
-    def complete_upload(self, project_id: str, upload_id: str, sha256: str, size: int) -> int:
-        """Check the whole upload's size and SHA-256, then make it the object (idempotent: a
+    # --- parallel sessions: numbered parts ---------------------------------------------------
+
+    def begin_numbered(
+        self, project_id: str, upload_id: str, number: int, length: int | None
+    ) -> Sink:
+        """A sink for part ``number`` of a parallel session (bytes ``number * part_size`` on);
+        other parts may be written at the same time. Pass it to :meth:`finish_numbered`."""
+        if length is None:
+            raise BadRequest("send a part with its Content-Length")
+        path, journal_path = self.staging.upload_path(upload_id), self.staging.parts_path(upload_id)
+        with self._lock(upload_id):
+            with self.db.read() as s:
+                state = self._row(s, project_id, upload_id).state
+            if state != "open":
+                raise Conflict("this upload session is complete")
+            journal = parts_journal.read(journal_path)
+            if journal is None:
+                raise Conflict("this upload session takes its bytes in order (PUT ...?offset=N)")
+            part_size, held = journal
+            if length > part_size:
+                raise BadRequest(
+                    f"part {number} has {length} bytes, more than the session's part size "
+                    f"{part_size}"
+                )
+            offset = number * part_size
+            if offset + length > self.max_upload:
+                raise TooLarge(f"an upload may hold at most {self.max_upload} bytes")
+            if (upload_id, number) in self._in_flight:
+                raise Conflict(f"part {number} of this upload is being written; retry")
+            if not path.exists():
+                raise NotFound(f"the bytes of upload session {upload_id!r} are gone; start again")
+            self.staging.check_room(length)
+            if number in held:  # written again: never mistake a half rewrite for the old part
+                parts_journal.forget(journal_path, number)
+            self._in_flight.add((upload_id, number))
+        try:
+            return Sink(path, length, offset=offset, truncate=False)
+        except BaseException:
+            self._in_flight.discard((upload_id, number))
+            raise
+
+    def finish_numbered(
+        self,
+        project_id: str,
+        upload_id: str,
+        number: int,
+        sink: Sink,
+        length: int,
+        sha256: str | None,
+    ) -> parts_journal.Part:
+        """Make the part durable, check its length (and SHA-256 when declared), record it."""
+        try:
+            sink.flush()  # on disk before the journal says the server holds it
+            sink.close()
+            if sink.count != length:
+                raise BadRequest(f"received {sink.count} bytes, Content-Length said {length}")
+            got = sink.hash.hexdigest()
+            if sha256 is not None and got != check_sha256(sha256):
+                raise BadRequest(
+                    f"part {number}'s SHA-256 is {got}, not {sha256} as declared: send it again"
+                )
+            part = parts_journal.Part(number, sink.count, got)
+            with self._lock(upload_id), self.db.write() as s:
+                row = self._row(s, project_id, upload_id)
+                if row.state != "open":
+                    raise Conflict("this upload session is complete")
+                parts_journal.record(self.staging.parts_path(upload_id), part)
+                row.updated_at = utcnow()  # a session taking parts does not expire
+            return part
+        finally:
+            self._in_flight.discard((upload_id, number))
+
+    def abort_numbered(self, upload_id: str, number: int, sink: Sink) -> None:
+        try:
+            sink.close()
+        finally:
+            self._in_flight.discard((upload_id, number))
+
+    def _check_parts(
+        self, upload_id: str, journal: tuple[int, dict], size: int, shas: list[str] | None
+    ) -> None:
+        """Every part of an object of ``size`` bytes is held, whole, with the SHA-256 the
+        client computed of it."""
+        if shas is None:
+            raise BadRequest(
+                "this session takes numbered parts: complete it with the SHA-256 of each part "
+                '("parts")'
+            )
+        part_size, held = journal
+        count = -(-size // part_size)
+        if len(shas) != count:
+            raise BadRequest(
+                f"an object of {size} bytes in parts of {part_size} has {count} parts, "
+                f"not {len(shas)}"
+            )
+        if any(u == upload_id for u, _ in list(self._in_flight)):
+            raise Conflict("parts of this upload are still being written; retry")
+        for n, sha in enumerate(shas):
+            want = min(part_size, size - n * part_size)
+            got = held.get(n)
+            if got is None or got.size != want:
+                raise Conflict(f"part {n} ({want} bytes) is missing; send it, then complete")
+            if got.sha256 != sha.lower():
+                raise Conflict(
+                    f"part {n} on the server has SHA-256 {got.sha256}, not {sha}; send it again"
+                )
+
+    # --- completing ----------------------------------------------------------------------------
+
+    def complete_upload(
+        self,
+        project_id: str,
+        upload_id: str,
+        sha256: str | None,
+        size: int,
+        parts: list[str] | None = None,
+    ) -> int:
+        """Check the whole upload's size and SHA-256 (a parallel session: the SHA-256 of each
+        part, and records the SHA-256 of their digests), then make it the object (idempotent: a
         repeated complete of a completed session with the same checksum succeeds)."""
-        sha256 = check_sha256(sha256)
+        if parts is None and sha256 is None:
+            raise BadRequest('complete an upload with the SHA-256 of the whole ("sha256")')
+        sha256 = composite_sha256(parts) if parts is not None else check_sha256(sha256)
         with self._lock(upload_id):
             with self.db.read() as s:
                 row = self._row(s, project_id, upload_id)
@@ -471,29 +631,51 @@ class Blobs:
                 if done_sha == sha256 and received == size:
                     return size
                 raise Conflict("this upload session completed with another checksum")
-            received = self._held(upload_id, received)
-            if size != received:
-                raise Conflict(
-                    f"the upload holds {received} bytes, not {size}; send the rest first",
-                    received=received,
-                )
             path = self.staging.upload_path(upload_id)
-            if not path.exists():
-                raise NotFound(f"the bytes of upload session {upload_id!r} are gone; start again")
-            cached = self._hashes.pop(upload_id, None)
-            h = cached[1] if cached and cached[0] == received else hash_file(path, received)
-            _truncate_and_sync(path, received)  # drop the tail of a part cut off half way
-            if h.hexdigest() != sha256:
-                self._drop(project_id, upload_id)
-                raise BadRequest(
-                    f"the upload's SHA-256 is {h.hexdigest()}, not {sha256}: nothing was stored "
-                    "and the session was discarded; upload again"
-                )
+            journal = parts_journal.read(self.staging.parts_path(upload_id))
+            if journal is not None:
+                if not path.exists():
+                    raise NotFound(
+                        f"the bytes of upload session {upload_id!r} are gone; start again"
+                    )
+                self._check_parts(upload_id, journal, size, parts)
+                _truncate_and_sync(path, size)  # parts are durable: this only cuts and syncs
+            else:
+                if parts is not None:
+                    raise BadRequest(
+                        "this session took its bytes in order: complete it with the SHA-256 of "
+                        "the whole"
+                    )
+                self._verify_in_order(project_id, upload_id, received, size, sha256)
             self._commit(project_id, key, path)
             with self.db.write() as s:
                 row = self._row(s, project_id, upload_id)
                 row.state, row.sha256, row.updated_at = "complete", sha256, utcnow()
+                row.received = size
+            self.staging.discard(self.staging.parts_path(upload_id))
         return size
+
+    def _verify_in_order(
+        self, project_id: str, upload_id: str, received: int, size: int, sha256: str
+    ) -> None:
+        received = self._held(upload_id, received)
+        if size != received:
+            raise Conflict(
+                f"the upload holds {received} bytes, not {size}; send the rest first",
+                received=received,
+            )
+        path = self.staging.upload_path(upload_id)
+        if not path.exists():
+            raise NotFound(f"the bytes of upload session {upload_id!r} are gone; start again")
+        cached = self._hashes.pop(upload_id, None)
+        h = cached[1] if cached and cached[0] == received else hash_file(path, received)
+        _truncate_and_sync(path, received)  # drop the tail of a part cut off half way
+        if h.hexdigest() != sha256:
+            self._drop(project_id, upload_id)
+            raise BadRequest(
+                f"the upload's SHA-256 is {h.hexdigest()}, not {sha256}: nothing was stored "
+                "and the session was discarded; upload again"
+            )
 
     def abort_upload(self, project_id: str, upload_id: str) -> None:
         with self._lock(upload_id):
@@ -505,6 +687,7 @@ class Blobs:
         with self.db.write() as s:
             s.execute(delete(Upload).where(Upload.project_id == project_id, Upload.id == upload_id))
         self.staging.discard(self.staging.upload_path(upload_id))
+        self.staging.discard(self.staging.parts_path(upload_id))
         self._hashes.pop(upload_id, None)
         with self._locks_guard:
             self._locks.pop(upload_id, None)

@@ -44,6 +44,10 @@ class Staging:
     def upload_path(self, upload_id: str) -> Path:
         return self.root / f"upload-{upload_id}"
 
+    def parts_path(self, upload_id: str) -> Path:
+        """The journal of a parallel session's parts (:mod:`benchkit.server.services.parts`)."""
+        return self.root / f"upload-{upload_id}.parts"
+
     def check_room(self, incoming: int) -> None:
         """Refuse an upload of ``incoming`` more bytes that would leave less than the reserve."""
         free = shutil.disk_usage(self.root).free
