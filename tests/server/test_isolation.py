@@ -58,6 +58,7 @@ def _fill(server):
         "job_id": job_id,
         "key": f"iso/{MARK}.bin",
         "upload_id": upload["id"],
+        "number": "0",
         "name": "bds",
         "version": "1",
         "run_id": run_id,
@@ -93,6 +94,7 @@ def nowhere() -> dict[str, str]:
     return {
         "key": f"iso/none-{uuid.uuid4().hex}.bin",
         "upload_id": uuid.uuid4().hex,
+        "number": "0",
         "name": f"none{uuid.uuid4().hex[:8]}",
         "version": "999",
         "run_id": f"20260101-000000-none-{uuid.uuid4().hex[:4]}",
@@ -188,6 +190,8 @@ def test_another_projects_things_are_not_found(bench_server, method, path):
     assert [c["name"] for c in b_store.catalog().checkpoints()] == ["epoch-0001"]
     assert [u["id"] for u in b_store.uploads()] == [b_ids["upload_id"]]
     [job] = b_store.client.json("GET", "jobs")["jobs"]
-    assert job["id"] == b_ids["job_id"] and job["state"] == "succeeded" and not job["cancel_requested"]
+    assert (
+        job["id"] == b_ids["job_id"] and job["state"] == "succeeded" and not job["cancel_requested"]
+    )
     tracked = b_store.client.json("GET", f"runs/{b_ids['run_id']}/metrics")
     assert tracked["writers"] == {MARK: 2} and tracked["metrics"]["loss"]["count"] == 1
