@@ -60,6 +60,7 @@ def test_parts_of_one_upload_are_in_flight_at_once(store, source, monkeypatch, t
 
     _wrap_reads(monkeypatch, on_read)
     store.put_file("ckpt/big.bin", path)
+    assert len(met) == 3  # the three first parts went through the parallel path, together
     assert store.get_file("ckpt/big.bin", tmp_path / "back.bin").read_bytes() == data
     assert store.uploads() == []
 
@@ -109,14 +110,17 @@ def test_ranges_of_one_download_are_in_flight_at_once(store, source, monkeypatch
     store.put_file("ckpt/big.bin", path)
     together = threading.Barrier(3, timeout=60)
     original = HttpStore._get_span
+    spans: list[int] = []
 
     def get_span(self, url, key, fd, start, end, etag):
+        spans.append(start)
         if start < http_module.FIRST_RANGE + 3 * PART:
             together.wait()
         return original(self, url, key, fd, start, end, etag)
 
     monkeypatch.setattr(HttpStore, "_get_span", get_span)
     assert store.get_file("ckpt/big.bin", tmp_path / "back.bin").read_bytes() == data
+    assert len(spans) == 3  # 4 MiB first, then three 1 MiB ranges, together
 
 
 def test_a_range_of_a_replaced_object_is_refused_with_412(store, sqlite_server):
