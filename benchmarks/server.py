@@ -12,7 +12,8 @@ What it measures, on one machine over loopback:
   ``get_file`` of one large random file (what a local store costs: one copy each way, fsync);
 - ``server``: the same calls on an :class:`~benchkit.store.http.HttpStore` whose server keeps its
   blobs in a LocalStore on the same disk (sha256 on both sides, HTTP on loopback, the upload
-  session's parts, one fsync of the whole and the final rename);
+  session's parts, ``--parallel`` of them in flight, one fsync of the whole and the final
+  rename); direct and server rounds alternate, so both see the same load;
 - small objects: ``put`` + ``get`` of 64 KiB objects from 8 threads, objects per second;
 - the server process's peak RSS (sampled every 10 ms by psutil) and its growth over idle, and
   the client's peak RSS growth: both must stay far below the object's size;
@@ -203,6 +204,10 @@ def main() -> int:
     ap.add_argument("--repeats", "-r", type=int, default=3)
     ap.add_argument("--small", type=int, default=2000, help="number of 64 KiB objects")
     ap.add_argument("--stream-samples", type=int, default=4000, help="0 skips the streaming part")
+    ap.add_argument(
+        "--parallel", type=int, default=None,
+        help="parts/ranges of one object in flight (default: HttpStore's)",
+    )  # fmt: skip
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "_work" / "server"))
     args = ap.parse_args()
     size = parse_size(args.size)
@@ -214,41 +219,45 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="srv-", dir=work))
     proc, url, key = start_server(data)
     results: dict = {"size": size, "repeats": args.repeats, "cpus": os.cpu_count()}
+    results["load_before"] = os.getloadavg()
     try:
         direct = LocalStore(work / "direct")
-        http = HttpStore(url, key)
+        http = HttpStore(url, key, parallel=args.parallel)
         http.put("warm", b"x")
         me = psutil.Process()
         idle_rss = psutil.Process(proc.pid).memory_info().rss
         client_base = me.memory_info().rss
-        for name, store in (("direct", direct), ("server", http)):
-            puts, gets = [], []
-            sampler = Sampler(proc.pid)
-            client = Sampler(me.pid)
-            sampler.start()
-            client.start()
-            for r in range(args.repeats):
+        stores = {"direct": direct, "server": http}
+        times: dict[str, tuple[list, list]] = {name: ([], []) for name in stores}
+        sampler = Sampler(proc.pid)
+        client = Sampler(me.pid)
+        sampler.start()
+        client.start()
+        for r in range(args.repeats):  # direct and server alternate, so both see the same load
+            for name, store in stores.items():
                 p, g = round_trip(store, src, work / "back.bin", f"big/{r}.bin")
-                puts.append(p)
-                gets.append(g)
-            server_peak, client_peak = sampler.stop(), client.stop()
-            small = small_objects(store, args.small)
+                times[name][0].append(p)
+                times[name][1].append(g)
+        server_peak, client_peak = sampler.stop(), client.stop()
+        for name, store in stores.items():
+            puts, gets = times[name]
             results[name] = {
                 "put_MBps": size / min(puts) / 1e6,
                 "get_MBps": size / min(gets) / 1e6,
                 "put_s": puts,
                 "get_s": gets,
-                "small_objects_per_s": small,
+                "small_objects_per_s": small_objects(store, args.small),
             }
-            if name == "server":
-                results[name]["server_idle_rss"] = idle_rss
-                results[name]["server_peak_rss"] = server_peak
-                results[name]["client_rss_growth"] = client_peak - client_base
+        results["server"]["server_idle_rss"] = idle_rss
+        results["server"]["server_peak_rss"] = server_peak
+        results["server"]["client_rss_growth"] = client_peak - client_base
         if args.stream_samples:
             results["streaming"] = streaming(work, url, key, args.stream_samples)
     finally:
         proc.terminate()
         proc.wait(30)
+    results["load_after"] = os.getloadavg()
+    results["parallel"] = http.parallel
     d, s = results["direct"], results["server"]
     results["ratio"] = {
         "put": s["put_MBps"] / d["put_MBps"],
@@ -256,7 +265,10 @@ def main() -> int:
         "small": s["small_objects_per_s"] / d["small_objects_per_s"],
     }
     (work.parent / "server.json").write_text(json.dumps(results, indent=1))
-    print(f"object {human_bytes(size)}, best of {args.repeats}")
+    print(
+        f"object {human_bytes(size)}, best of {args.repeats}, {http.parallel} part(s) in flight; "
+        f"load {results['load_before'][0]:.1f} before, {results['load_after'][0]:.1f} after"
+    )
     print(f"{'':8} {'upload MB/s':>12} {'download MB/s':>14} {'64 KiB put+get /s':>18}")
     for name in ("direct", "server"):
         r = results[name]

@@ -550,9 +550,9 @@ class Blobs:
         length: int,
         sha256: str | None,
     ) -> parts_journal.Part:
-        """Make the part durable, check its length (and SHA-256 when declared), record it."""
+        """Check the part's length (and SHA-256 when declared) and record it."""
         try:
-            sink.flush()  # on disk before the journal says the server holds it
+            sink.flush(durable=False)  # see parts.py: the whole is fsynced at completion
             sink.close()
             if sink.count != length:
                 raise BadRequest(f"received {sink.count} bytes, Content-Length said {length}")
@@ -568,6 +568,7 @@ class Blobs:
                     raise Conflict("this upload session is complete")
                 parts_journal.record(self.staging.parts_path(upload_id), part)
                 row.updated_at = utcnow()  # a session taking parts does not expire
+            self._start_write_back(sink.path)
             return part
         finally:
             self._in_flight.discard((upload_id, number))
