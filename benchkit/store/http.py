@@ -9,7 +9,7 @@ one or a few requests:
 ``put``              ``PUT /blobs/<key>`` with ``X-Content-SHA256``: the server stores the
                      object only if the bytes it received hash to that value
 ``put_file``         the same up to ``part_size`` (default 32 MiB); a larger file goes through
-                     a parallel upload session: ``parallel`` (default 4) numbered parts in
+                     a parallel upload session: ``parallel`` (default 1) numbered parts in
                      flight on their own connections, each read from the file as it is sent
                      and hashed on both sides; a part whose connection broke is sent again
                      unless the server holds it with the same SHA-256; then completed with
@@ -61,8 +61,10 @@ LIST_PAGE = 1000
 DOWNLOAD_BLOCK = 1024 * 1024
 #: the first range of a download: small objects take one request, and it names the version
 FIRST_RANGE = 4 * 1024 * 1024
-#: parts (uploads) and ranges (downloads) of one large object in flight at once
-DEFAULT_PARALLEL = 4
+#: parts (uploads) and ranges (downloads) of one large object in flight at once. 1 by default:
+#: on a 2-core machine over loopback 4 were no faster than 1 (docs/BENCHMARKS.md, "Bench
+#: server"); several connections are for links where one TCP connection is the limit
+DEFAULT_PARALLEL = 1
 #: a pipe's part is sent early once it holds this much and the producer pauses
 MIN_STREAM_PART = 1024 * 1024
 STREAM_PAUSE_S = 0.2

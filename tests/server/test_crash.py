@@ -96,15 +96,18 @@ def _wait_mid_part(server, observer: HttpStore, size: int = SIZE, deadline_s: fl
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@pytest.mark.parametrize("parallel", [1, 4], ids=["in-order", "4-parts-in-flight"])
 def test_sigkill_mid_upload_then_restart_resumes_and_nothing_partial_is_visible(
-    own_server, big_source, tmp_path
+    own_server, big_source, tmp_path, parallel
 ):
     src, digest = big_source
     project = own_server.quick_project()
     observer = HttpStore(own_server.url, project.key, project.id)
     observer.put("ckpt/other.bin", b"unrelated")
     uploader = Uploader(
-        HttpStore(own_server.url, project.key, project.id, part_size=PART), "ckpt/big.bin", src
+        HttpStore(own_server.url, project.key, project.id, part_size=PART, parallel=parallel),
+        "ckpt/big.bin",
+        src,
     )
     uploader.start()
     session = _wait_mid_part(own_server, observer)
