@@ -717,14 +717,21 @@ class _Part:
         n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
         if n <= 0:
             return b""
-        data = self.source.block(self.offset + self.pos, n)
+        data = self._fetch(self.offset + self.pos, n)
         if len(data) != n:
             raise StoreError(
                 f"the file being uploaded shrank during the upload (at byte "
                 f"{self.offset + self.pos + len(data)}): upload it again once it is complete"
             )
+        self._took(data)
         self.pos += n
         return data
+
+    def _fetch(self, at: int, n: int) -> bytes:
+        return self.source.block(at, n)
+
+    def _took(self, data: bytes) -> None:
+        """Called with each block read, before the position moves past it."""
 
     def __iter__(self):
         return iter(lambda: self.read(SEND_BLOCK), b"")
@@ -744,21 +751,13 @@ class _HashedPart(_Part):
             self._hash, self._hashed = hashlib.sha256(), 0  # urllib3 rewinds to resend
         return pos
 
-    def read(self, n: int = -1) -> bytes:
-        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
-        if n <= 0:
-            return b""
-        data = self.source._read(self.offset + self.pos, n)
-        if len(data) != n:
-            raise StoreError(
-                f"the file being uploaded shrank during the upload (at byte "
-                f"{self.offset + self.pos + len(data)}): upload it again once it is complete"
-            )
+    def _fetch(self, at: int, n: int) -> bytes:
+        return self.source._read(at, n)
+
+    def _took(self, data: bytes) -> None:
         if self._hashed == self.pos:
             self._hash.update(data)
-            self._hashed += n
-        self.pos += n
-        return data
+            self._hashed += len(data)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest() if self._hashed == self.size else ""
