@@ -29,9 +29,12 @@ class atomic_file:
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mode: int = 0o644) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], mode: int = 0o644, *, fsync: bool = True
+    ) -> None:
         self.path = Path(path)
         self.mode = mode
+        self.fsync = fsync  # False: the caller makes the file durable itself (see sync_file)
         self._tmp: str | None = None
         self._f: BinaryIO | None = None
 
@@ -56,14 +59,41 @@ class atomic_file:
         try:
             if exc_type is None:
                 self._f.flush()
-                os.fsync(self._f.fileno())
+                if self.fsync:
+                    os.fsync(self._f.fileno())
             self._f.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
-                fsync_dir(self.path.parent)
+                if self.fsync:
+                    fsync_dir(self.path.parent)
         finally:
             if os.path.exists(self._tmp):
                 os.unlink(self._tmp)
+
+
+def sync_file(path: str | os.PathLike[str]) -> None:
+    """Make a file's data durable (``fsync``), whichever process wrote it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def advise_willneed(path: str | os.PathLike[str]) -> None:
+    """Ask the kernel to start reading ``path`` into the page cache now, without waiting.
+
+    A hint only: errors are ignored (the real read reports them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -8,7 +8,9 @@ How the work is split:
   those sizes alone, which makes the layout deterministic whatever the scheduling.
 - Worker processes (``spawn``, all cores by default) read the files, assemble the records and
   write one chunk each. At most two chunks per worker are in flight, so memory stays bounded
-  whatever the dataset's size.
+  whatever the dataset's size. The main process fsyncs each written chunk in a background
+  thread while the workers go on (at most one chunk per worker waits for it), and every chunk
+  is durable before ``index.json`` is written.
 - Everything is written into a hidden temporary directory next to the destination; only when
   every chunk is written does ``index.json`` go in and the directory get renamed into place.
   A generator that raises, a worker that dies or a killed process leaves no ``index.json``.
@@ -26,7 +28,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,7 +52,7 @@ from benchkit.data.format import (
 from benchkit.data.index import INDEX_FILE, ChunkInfo, DatasetIndex, dataset_prefix
 from benchkit.data.sample import File
 from benchkit.errors import BenchKitError, DataError
-from benchkit.fsutil import atomic_file, fsync_dir
+from benchkit.fsutil import atomic_file, fsync_dir, sync_file
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +89,15 @@ class ChunkStats:
 Items = list[tuple[int, list[bytes | File], int]]  # (sample index, parts, record size)
 
 
-def _write_task(directory: str, k: int, items: Items) -> tuple[int, ChunkInfo]:
-    """Worker: read the files straight into chunk ``k``; returns (k, its index entry)."""
+def _write_task(
+    directory: str, k: int, items: Items, durable: bool = True
+) -> tuple[int, ChunkInfo]:
+    """Worker: read the files straight into chunk ``k``; returns (k, its index entry).
+
+    With ``durable=False`` the chunk is not fsynced here: the main process does it (in
+    :class:`_Syncer`) while the workers go on with the next chunks."""
     tmp = os.path.join(directory, f".part-{k:06d}.bkc")
-    w = write_records(tmp, items)
+    w = write_records(tmp, items, durable=durable)
     name = f"chunk-{k:06d}-{w.sha256[:16]}.bkc"
     os.replace(tmp, os.path.join(directory, name))
     return k, ChunkInfo(name, w.samples, w.size, w.sha256, w.blocks, w.block_bytes)
@@ -101,6 +114,47 @@ def _worker_init(parent: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="benchkit-parent-watch", daemon=True).start()
+
+
+class _Syncer:
+    """Makes the chunks the workers wrote durable (``fsync``) in background threads.
+
+    Each worker's next chunk is read, hashed and written while the kernel flushes the last, so
+    the flush is not on the workers' path. At most ``limit`` chunks wait to be flushed (the
+    dirty pages stay bounded); :meth:`drain` returns once every chunk is durable, and is called
+    before ``index.json`` goes in.
+    """
+
+    def __init__(self, name: str, work: Path, limit: int) -> None:
+        self.name = name
+        self.work = work
+        self.limit = limit
+        self.pool = ThreadPoolExecutor(limit, thread_name_prefix="benchkit-fsync")
+        self.pending: dict[Future, ChunkInfo] = {}
+
+    def add(self, info: ChunkInfo) -> None:
+        while len(self.pending) >= self.limit:
+            self._collect(wait(self.pending, return_when=FIRST_COMPLETED)[0])
+        self.pending[self.pool.submit(sync_file, self.work / info.file)] = info
+
+    def drain(self) -> None:
+        while self.pending:
+            self._collect(wait(self.pending, return_when=FIRST_COMPLETED)[0])
+
+    def _collect(self, done: set[Future]) -> None:
+        for fut in done:
+            info = self.pending.pop(fut)
+            try:
+                fut.result()
+            except OSError as e:
+                raise DataError(
+                    f"dataset '{self.name}': chunk {info.file} could not be written to disk "
+                    f"({self.work}): {e.strerror or e}. Nothing was published; free space or "
+                    "fix the disk and run the migration again"
+                ) from e
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Progress:
@@ -181,6 +235,7 @@ def chunk_samples(
     pending: dict[Future, tuple[int, int, int]] = {}  # future -> (chunk, first sample, last sample)
     results: dict[int, ChunkInfo] = {}
     schema: dict[str, Any] | None = None
+    syncer = _Syncer(name, work, workers)
 
     def collect(done: set[Future]) -> None:
         for fut in done:
@@ -199,6 +254,7 @@ def chunk_samples(
                 ) from e
             except BaseException as e:
                 raise _sample_error(name, first, e) from e
+            syncer.add(info)
             results[k] = info
             bar.advance(info.samples, info.bytes)
 
@@ -225,7 +281,7 @@ def chunk_samples(
         while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)
-        fut = pool.submit(_write_task, str(work), k, items)
+        fut = pool.submit(_write_task, str(work), k, items, False)
         pending[fut] = (k, items[0][0], items[-1][0])
 
     try:
@@ -271,6 +327,7 @@ def chunk_samples(
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)
+        syncer.drain()  # every chunk durable before the index that names them
         if i == 0:
             raise DataError(f"dataset '{name}' yielded no samples; check the paths it reads")
         chunks = [results[j] for j in range(len(results))]
@@ -292,10 +349,12 @@ def chunk_samples(
             # let running tasks finish (at most one chunk per worker) so none writes after the cleanup
             pool.shutdown(wait=True, cancel_futures=True)
             pool = None
+        syncer.close()
         _remove(work)
         raise
     finally:
         bar.close()
+        syncer.close()
         if pool is not None:
             pool.shutdown(wait=True)
     seconds = time.monotonic() - started

@@ -409,3 +409,73 @@ def test_the_generator_never_runs_more_than_two_chunks_per_worker_ahead(tmp_path
     assert all(c.samples == 2 for c in idx.chunks[:-1])
     # 2 workers x 2 chunks in flight, plus the chunk being filled
     assert max(ahead) <= 2 * 2 + 1, max(ahead)
+
+
+@pytest.mark.multiprocess
+def test_every_chunk_is_fsynced_before_the_index_is_written(tmp_path, monkeypatch):
+    """Workers leave the fsync to the main process; nothing is published before it is done."""
+    import benchkit.data.writer as writer
+
+    synced: list[tuple[str, bool]] = []
+    real = writer.sync_file
+
+    def spy(path):
+        real(path)
+        synced.append((Path(path).name, (Path(path).parent / "index.json").exists()))
+
+    monkeypatch.setattr(writer, "sync_file", spy)
+    paths = make_files(tmp_path / "f", 30)
+    idx = chunk_dataset(file_dataset(paths), tmp_path / "stage", workers=2).index
+    assert sorted(name for name, _ in synced) == sorted(c.file for c in idx.chunks)
+    assert not any(index_there for _, index_there in synced)
+
+
+@pytest.mark.multiprocess
+def test_a_chunk_that_cannot_reach_the_disk_fails_the_run_and_publishes_nothing(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    import benchkit.data.writer as writer
+
+    def failing(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(writer, "sync_file", failing)
+    paths = make_files(tmp_path / "f", 30)
+    with pytest.raises(
+        DataError,
+        match=r"dataset 'train': chunk chunk-\d{6}-[0-9a-f]{16}\.bkc could not be written to disk "
+        r".*Input/output error\. Nothing was published",
+    ):
+        chunk_dataset(file_dataset(paths), tmp_path / "stage", workers=2)
+    assert not (tmp_path / "stage/datasets/train").exists()
+    assert list((tmp_path / "stage/.tmp").iterdir()) == []
+
+
+def test_chunk_writer_asks_for_each_file_once_a_bounded_way_ahead(tmp_path, monkeypatch):
+    """Cold reads overlap the writing: files are advised before they are read, each once,
+    never more than READ_AHEAD_BYTES (plus one record) ahead of the record being written."""
+    import benchkit.data.format as fmt
+    from benchkit.data.sample import File
+
+    monkeypatch.setattr(fmt, "READ_AHEAD_BYTES", 20_000)
+    paths = make_files(tmp_path / "f", 40)
+    records = [(i, *fmt.encode_parts((File(p), i), i)) for i, p in enumerate(paths)]
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(fmt, "advise_willneed", lambda p: events.append(("advise", str(p))))
+    real_read = File.read_bytes
+    monkeypatch.setattr(
+        File, "read_bytes", lambda self: events.append(("read", str(self.path))) or real_read(self)
+    )
+    fmt.write_records(tmp_path / "c.bkc", records)
+    advised = [p for kind, p in events if kind == "advise"]
+    assert advised == [str(p) for p in paths]
+    for k, p in enumerate(paths):
+        at = events.index(("read", str(p)))
+        assert ("advise", str(p)) in events[:at]
+        ahead = [q for kind, q in events[:at] if kind == "advise"]
+        ahead_bytes = sum(Path(q).stat().st_size for q in ahead[k + 1 :])
+        assert ahead_bytes <= 20_000 + 9_100
+    with ChunkReader(tmp_path / "c.bkc") as r:
+        assert [r[i][1] for i in range(len(r))] == list(range(40))
