@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -36,6 +37,8 @@ class RayHead:
     token: str
     temp_dir: Path
     proc: subprocess.Popen
+    log: Any = None
+    stopped: bool = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -138,12 +141,10 @@ def _wait_for_job_agent(head: RayHead, agent_port: int, proc: subprocess.Popen) 
     requests.delete(f"{head.address}/api/jobs/{probe}", headers=head.headers, timeout=10)
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory) -> RayHead:
-    """A real Ray head for the session: 2 CPUs, 200 MB object store, a token, every one of its
-    nine ports free and on 127.0.0.1, its own short temp dir; stopped by its processes' ids."""
-    pytest.importorskip("ray")
-    import psutil
+def _start_ray_head(tmp_path_factory) -> RayHead:
+    """A real Ray head: 2 CPUs, 200 MB object store, a token, every one of its nine ports free
+    and on 127.0.0.1, its own short temp dir. Returns once its Jobs API runs a job."""
+    import psutil  # noqa: F401  (the stop needs it: fail before starting anything)
 
     temp_dir = Path(tempfile.mkdtemp(prefix="bkr", dir="/tmp"))
     home = tmp_path_factory.mktemp("ray-jobs-home")  # the jobs' BenchKit home, never the real one
@@ -176,6 +177,7 @@ def ray_head(tmp_path_factory) -> RayHead:
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     head = RayHead(f"http://127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[0]}", token, temp_dir, proc)
+    head.log = log
     try:
 
         def jobs_api_answers():
@@ -191,28 +193,82 @@ def ray_head(tmp_path_factory) -> RayHead:
         assert requests.get(f"{head.address}/api/jobs/", timeout=5).status_code == 401
         _wait_for_job_agent(head, ports[2], proc)
         _assert_loopback_only(_ray_pids(temp_dir, proc.pid))
-        yield head
+    except BaseException:
+        _stop_ray_head(head)
+        raise
+    return head
+
+
+def _stop_ray_head(head: RayHead) -> None:
+    """Every Ray process of this head, by pid: the --block process, its children, and any
+    process naming the head's temp dir (gcs_server, raylet, workers). Never `ray stop`."""
+    import psutil
+
+    if head.stopped:
+        return
+    head.stopped = True
+    proc, temp_dir = head.proc, head.temp_dir
+    pids = _ray_pids(temp_dir, proc.pid) | {proc.pid}
+    procs = []
+    for pid in pids:
+        try:
+            q = psutil.Process(pid)
+            q.terminate()
+            procs.append(q)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for q in alive:
+        with contextlib.suppress(psutil.Error):
+            q.kill()
+    proc.wait(10)
+    for pid in _ray_pids(temp_dir, proc.pid):  # anything started meanwhile
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if head.log is not None:
+        head.log.close()
+
+
+#: the session's Ray head, while it runs
+_ray: RayHead | None = None
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> RayHead:
+    """A real Ray head for the session (:func:`_start_ray_head`), stopped by its processes'
+    ids after the last test that uses it (:func:`pytest_runtest_teardown`), or at the end."""
+    global _ray
+    pytest.importorskip("ray")
+    _ray = _start_ray_head(tmp_path_factory)
+    try:
+        yield _ray
     finally:
-        # every Ray process of this head, by pid: the --block process, its children, and any
-        # process naming the head's temp dir (gcs_server, raylet, workers). Never `ray stop`.
-        pids = _ray_pids(temp_dir, proc.pid) | {proc.pid}
-        procs = []
-        for pid in pids:
-            try:
-                q = psutil.Process(pid)
-                q.terminate()
-                procs.append(q)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for q in alive:
-            with contextlib.suppress(psutil.Error):
-                q.kill()
-        proc.wait(10)
-        for pid in _ray_pids(temp_dir, proc.pid):  # anything started meanwhile
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        log.close()
+        _stop_ray_head(_ray)
+
+
+def _uses_ray(item: pytest.Item | None) -> bool:
+    return item is not None and "ray_head" in item.fixturenames
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the Ray head as soon as no test left needs it: idle, its dozen processes still cost
+    CPU the rest of the suite wants. Known only where the order is: without xdist (the whole
+    list), and with ``--dist loadgroup``, which runs the "ray" group's tests one after another
+    on one worker (tests/conftest.py). Otherwise the session's end stops it."""
+    yield  # the test's own teardown first (a module's Ray job server goes before the head)
+    if _ray is None or _ray.stopped or not _uses_ray(item) or _uses_ray(nextitem):
+        return
+    if nextitem is None:
+        return  # the end of the session stops it
+    dist = getattr(item.config.option, "dist", "no")
+    if dist == "no":
+        items = item.session.items
+        if any(_uses_ray(i) for i in items[items.index(nextitem) :]):
+            return
+    elif dist != "loadgroup":
+        return
+    _stop_ray_head(_ray)
 
 
 # --- code versions -----------------------------------------------------------------------------

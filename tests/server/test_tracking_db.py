@@ -211,7 +211,7 @@ def test_deleting_a_run_removes_its_points_and_cursors(engine):
 
 def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path, request):
     """A database upgraded revision by revision (0001, tracking's 0002, jobs' 0003: the order
-    the merge gave them, then 0004; tests/remote/test_jobs_migration.py checks the chain) holds exactly
+    the merge gave them, then 0004 and 0005; tests/remote/test_jobs_migration.py checks the chain) holds exactly
     the tables, columns, indexes and constraints the models declare, on both engines."""
     from alembic import command
     from alembic.autogenerate import compare_metadata
@@ -226,7 +226,7 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path, req
     for url in (f"sqlite:///{tmp_path / 'steps.db'}", pg):
         db = Database(url)
         cfg = alembic_config(db)
-        for rev in ("0001", "0002", "0003", "0004"):
+        for rev in ("0001", "0002", "0003", "0004", "0005"):
             with db.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, rev)
@@ -281,6 +281,30 @@ def test_points_lose_their_foreign_keys_but_not_their_cascade(tracking_db):
     with pytest.raises(Exception, match="(?i)foreign key"), engine.begin() as c:
         c.execute(text("INSERT INTO metric_points VALUES (999, 0, 999, 1, 0.0, 1.0, 0)"))
     _alembic(db, "upgrade", "head")
+
+
+def test_points_keep_only_their_primary_key_and_their_rows_across_0005(tracking_db):
+    """0005 drops the unique index beside the points' primary key: points stored before are
+    kept, a record sent again is still stored once, and the index comes back on downgrade."""
+    from sqlalchemy import inspect
+
+    db = tracking_db
+    engine = db.engine.execution_options(sqlite_begin="IMMEDIATE") if db.is_sqlite else db.engine
+
+    def indexes() -> list[str]:
+        with db.engine.connect() as c:
+            return [i["name"] for i in inspect(c).get_indexes("metric_points")]
+
+    assert indexes() == []
+    _alembic(db, "downgrade", "0004")
+    assert indexes() == ["uq_metric_points_writer_seq"]
+    put(engine, 0, recs(0, 20, keys=("loss", "acc")))
+    _alembic(db, "upgrade", "0005")
+    assert indexes() == [] and _count_points(db) == 40
+    put(engine, 10, recs(10, 30, keys=("loss", "acc")))  # a retry overlapping what is stored
+    assert _count_points(db) == 60
+    with engine.connect() as c:
+        assert metrics.cursors(c, RUN) == {"w0": 31}
 
 
 def test_a_point_that_exists_although_the_cursor_says_new_fails_the_whole_batch(engine):

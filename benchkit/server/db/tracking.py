@@ -8,9 +8,11 @@ here. They are deleted with the project (``ON DELETE CASCADE``; points by a trig
 series) or with the run (:func:`benchkit.server.services.metrics.delete_run`).
 
 Listing runs reads ``metric_series`` (one row per metric of a run with its last, min, max and
-count), never ``metric_points``. Points are keyed so that one journal record's value of one
-metric exists once: unique ``(series, writer, seq)``; on SQLite the point and rollup tables are
-``WITHOUT ROWID`` tables clustered by ``(series, step, ...)``, the order charts read them in.
+count), never ``metric_points``. Points are keyed ``(series, step, writer, seq)``, so one
+journal record's value of one metric exists once (a record's step never changes), and that key
+is the order charts read them in (on SQLite the point and rollup tables are ``WITHOUT ROWID``
+tables clustered by it). It is their only index (revision 0005): the ingest cursor is what skips
+a retried batch.
 """
 
 from __future__ import annotations
@@ -98,7 +100,6 @@ metric_points = Table(
     Column("value", Float),
     Column("kind", SmallInteger, nullable=False),
     PrimaryKeyConstraint("series_id", "step", "writer_pk", "seq", name="pk_metric_points"),
-    Index("uq_metric_points_writer_seq", "series_id", "writer_pk", "seq", unique=True),
     sqlite_with_rowid=False,
 )
 

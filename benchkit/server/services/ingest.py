@@ -11,8 +11,9 @@ expects (the ingest cursor) and applies a batch all or nothing:
   and are skipped;
 * the rest is inserted and the cursor moves to ``first_seq + len(records)``.
 
-So a retry can neither duplicate points nor leave a gap, and the unique key
-``(run, writer, seq, metric)`` in the table is a second line of defence, not the mechanism.
+So a retry can neither duplicate points nor leave a gap, and the points' primary key
+``(series, step, writer, seq)`` (a series is one metric of one run; a record's step never
+changes) is a second line of defence, not the mechanism.
 """
 
 from __future__ import annotations
