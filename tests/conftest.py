@@ -245,9 +245,31 @@ def read_only():
 _ONE_WORKER_FIXTURES = {"ray_head": "ray", "chromium": "browser"}
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         groups = {g for f, g in _ONE_WORKER_FIXTURES.items() if f in item.fixturenames}
         for group in sorted(groups):
             item.add_marker(pytest.mark.xdist_group(group))
+    result = yield
+    if hasattr(config, "workerinput") and getattr(config.option, "loadgroup", False):
+        _name_groups_in_ids(items)
+    return result
+
+
+def _name_groups_in_ids(items) -> None:
+    """An xdist worker tells the scheduler a test's group as a suffix of its id
+    (``...::test@ray``). pytest 9.2 keeps ids structured, and pytest-xdist 3.8 still writes
+    the suffix into the old ``_nodeid`` field, which nothing reads any more, so every group
+    was silently ignored: both workers started a browser and the Ray tests ran on both
+    (pytest-dev/pytest-xdist#1386). Until xdist writes it, the suffix goes in here."""
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:
+        return  # an older pytest: xdist's own suffix takes effect
+    for item in items:
+        names = {str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                 for m in item.iter_markers("xdist_group")}  # fmt: skip
+        suffix = "@" + "_".join(sorted(names))
+        if names and not item.nodeid.endswith(suffix):
+            item._id = coerce_node_id(item.nodeid + suffix)

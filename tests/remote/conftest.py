@@ -261,12 +261,15 @@ def pytest_runtest_teardown(item, nextitem):
         return
     if nextitem is None:
         return  # the end of the session stops it
-    dist = getattr(item.config.option, "dist", "no")
-    if dist == "no":
+    config = item.config
+    if hasattr(config, "workerinput"):  # an xdist worker (its own option.dist is "no")
+        if not getattr(config.option, "loadgroup", False):
+            return
+    elif getattr(config.option, "dist", "no") == "no":
         items = item.session.items
         if any(_uses_ray(i) for i in items[items.index(nextitem) :]):
             return
-    elif dist != "loadgroup":
+    else:
         return
     _stop_ray_head(_ray)
 
