@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,15 @@ def read_only():
             subprocess.run(["umount", path], check=True)
 
     return make
+
+
+# --- signals ----------------------------------------------------------------------------------
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT
+# ignored, and so does every process it starts: the tests that press Ctrl-C on a `benchkit`
+# process would see it ignored and fail (measured: both Ctrl-C-on-a-follower tests did). A user
+# at a terminal has the default, so the tests' processes get it too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # --- running the suite in parallel (pytest-xdist, `--dist loadgroup`) ----------------------------
