@@ -67,8 +67,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-#: chunks are checksummed per block of this size too (index.json ``blocks``), see ChunkDigest
-BLOCK_BYTES = 1 << 20
+#: chunks are checksummed per block of this size too (index.json ``blocks``), see ChunkDigest.
+#: 256 KiB: a cold epoch's first batch reads and hashes the blocks its samples touch, and at
+#: 1 MiB that was most of its time (docs/BENCHMARKS.md); readers use each dataset's own size
+BLOCK_BYTES = 1 << 18
 BLOCK_DIGEST_HEX = 32
 MAGIC = b"BENCHKIT"
 _HEADER = struct.Struct("<8sIIQ")
