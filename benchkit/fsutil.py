@@ -97,17 +97,9 @@ def advise_willneed(path: str | os.PathLike[str]) -> None:
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Make a rename in ``path`` durable (no-op where directories cannot be opened or synced)."""
+    with contextlib.suppress(OSError):
+        sync_file(path)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

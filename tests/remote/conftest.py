@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import pytest
 import requests
@@ -37,7 +37,7 @@ class RayHead:
     token: str
     temp_dir: Path
     proc: subprocess.Popen
-    log: Any = None
+    log: BinaryIO  # the head's output, closed when it stops
     stopped: bool = False
 
     @property
@@ -176,8 +176,9 @@ def _start_ray_head(tmp_path_factory) -> RayHead:
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    head = RayHead(f"http://127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[0]}", token, temp_dir, proc)
-    head.log = log
+    head = RayHead(
+        f"http://127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[0]}", token, temp_dir, proc, log
+    )
     try:
 
         def jobs_api_answers():
@@ -225,8 +226,7 @@ def _stop_ray_head(head: RayHead) -> None:
     for pid in _ray_pids(temp_dir, proc.pid):  # anything started meanwhile
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if head.log is not None:
-        head.log.close()
+    head.log.close()
 
 
 #: the session's Ray head, while it runs
