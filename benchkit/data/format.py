@@ -781,6 +781,12 @@ class ChunkReader:
         if fresh:
             self._all_checked()
 
+    def verify_all(self) -> None:
+        """Check, in file order, every block no reader has checked yet (a prefetcher's work,
+        ahead of the readers, who then find the blocks checked)."""
+        if self._buf is not None:
+            self._verify(0, len(self._buf))
+
     @property
     def fully_verified(self) -> bool:
         """False while some blocks have not been checked yet (lazy mode)."""

@@ -19,6 +19,7 @@ returning a hold on it), :meth:`~ChunkSource.release` (drop that hold),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from abc import ABC, abstractmethod
@@ -117,22 +118,47 @@ class LocalChunks(ChunkSource):
         return path
 
     def prepare(self, c: int) -> Any:
-        """Get chunk ``c`` ready ahead of its readers: with block digests, ask the kernel to read
-        it into the page cache (the readers check the blocks they read, sharing the work); an
-        older chunk without them is checked whole (once per machine: the check is remembered)."""
-        info, path = self.index.chunks[c], self._path(c)
-        if info.blocks:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as e:
-                raise CorruptChunk(f"chunk {self.label(c)}: file {path} is missing") from e
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
+        """Get chunk ``c`` ready ahead of its readers. With block digests: ask the kernel to read
+        the file into the page cache, then check its blocks in file order as they arrive, in the
+        shared block map, so the readers find them checked (a block a reader needs first it
+        checks itself; either way each is hashed about once per machine). A mismatch is left for
+        the reader of that block to report. An older chunk without block digests is checked
+        whole. Either check is remembered: a verified file is not read here again."""
+        info, path, label = self.index.chunks[c], self._path(c), self.label(c)
+        if not info.blocks:
+            self.marks.open_verified(path, info.sha256, label).close()
             return None
-        self.marks.open_verified(path, info.sha256, self.label(c)).close()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise CorruptChunk(f"chunk {label}: file {path} is missing") from e
+        try:
+            st = os.fstat(fd)
+            if self.marks.is_verified(path, info.sha256, st):
+                return None
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(CorruptChunk):  # its reader raises it, naming the sample
+            reader = self._lazy_reader(c, path, st)
+            try:
+                reader.verify_all()
+            finally:
+                reader.close()
         return None
+
+    def _lazy_reader(self, c: int, path: Path, st: os.stat_result) -> ChunkReader:
+        """A reader of chunk ``c`` checking each block when first read, in the shared map."""
+        info = self.index.chunks[c]
+        count = len(info.blocks) // BLOCK_DIGEST_HEX
+        return ChunkReader(
+            path,
+            blocks=info.blocks,
+            block_bytes=info.block_bytes,
+            checked=self.marks.block_map(path, info.sha256, st, count),
+            on_verified=functools.partial(self.marks.mark, path, info.sha256, st),
+            label=self.label(c),
+        )
 
     def open(self, c: int, prefetcher: Prefetcher | None = None) -> ChunkReader:
         """A reader of chunk ``c``: unchecked if this machine already verified the file;
@@ -149,15 +175,7 @@ class LocalChunks(ChunkSource):
             raise CorruptChunk(f"chunk {label}: file {path} is missing") from e
         if self.marks.is_verified(path, info.sha256, st):
             return ChunkReader(path, label=label)
-        count = len(info.blocks) // BLOCK_DIGEST_HEX
-        return ChunkReader(
-            path,
-            blocks=info.blocks,
-            block_bytes=info.block_bytes,
-            checked=self.marks.block_map(path, info.sha256, st, count),
-            on_verified=functools.partial(self.marks.mark, path, info.sha256, st),
-            label=label,
-        )
+        return self._lazy_reader(c, path, st)
 
 
 class CachedChunks(ChunkSource):

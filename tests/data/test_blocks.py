@@ -165,3 +165,39 @@ def test_will_read_is_only_a_hint_and_checks_nothing(tmp_path):
         r[len(r) - 1]
     r.close()
     r.will_read([0])  # closed: nothing happens
+
+
+def test_the_prefetcher_checks_a_local_chunk_ahead_and_leaves_a_damaged_block_to_its_reader(
+    tmp_path,
+):
+    """A local chunk's preparation checks its blocks in the shared map, so the DataLoader
+    workers find them checked; a damaged block is not marked, and its reader reports it."""
+    from benchkit.data.source import LocalChunks
+    from benchkit.store import open_store
+
+    url = str(tmp_path / "store")
+    big = [(i, bytes([i]) * 100_000) for i in range(24)]  # chunks of several 256 KiB blocks
+    index = make_dataset(url, tmp_path, samples=big, chunk_bytes=1_000_000)
+    assert len(index.chunks) >= 2 and len(index.chunks[1].blocks) // BLOCK_DIGEST_HEX > 2
+    source = LocalChunks(open_store(url), "toy", index)
+    root = tmp_path / "store" / dataset_prefix("toy")
+    good, bad = (root / c.file for c in index.chunks[:2])
+    info = index.chunks[1]
+    data = bytearray(bad.read_bytes())
+    data[-3] ^= 0xFF  # the last sample's bytes, in the last block
+    bad.write_bytes(bytes(data))
+
+    assert source.prepare(0) is None
+    assert source.marks.is_verified(good, index.chunks[0].sha256, os.stat(good))
+    with source.open(0) as r:
+        assert r.fully_verified  # nothing is left for the workers to hash
+
+    assert source.prepare(1) is None  # no error here: the reader of the block reports it
+    assert not source.marks.is_verified(bad, info.sha256, os.stat(bad))
+    count = len(info.blocks) // BLOCK_DIGEST_HEX
+    checked = bytes(source.marks.block_map(bad, info.sha256, os.stat(bad), count))
+    assert checked[:-1] == b"\x01" * (count - 1) and checked[-1:] == b"\x00"
+    r = source.open(1)
+    assert r[0][1] == bytes([r[0][0]]) * 100_000  # an intact block reads
+    with pytest.raises(CorruptChunk, match="checksum mismatch in block"):
+        r[len(r) - 1]
