@@ -28,6 +28,7 @@ Writes ``benchmarks/_work/server.json`` and prints a table (for docs/BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -118,17 +119,37 @@ def make_file(path: Path, size: int) -> None:
             left -= n
 
 
-def round_trip(store, src: Path, dest: Path, key: str) -> tuple[float, float]:
-    """Seconds for put_file and get_file (the page cache is warm for both paths alike)."""
-    t0 = time.perf_counter()
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of ``proc`` so far (all its threads)."""
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def round_trip(
+    store, src: Path, dest: Path, key: str, server: psutil.Process
+) -> tuple[float, float, tuple[float, float], tuple[float, float]]:
+    """Seconds for put_file and get_file (the page cache is warm for both paths alike), and
+    the CPU seconds the client and the server process spent on each: (client, server)."""
+    me = psutil.Process()
+    c0, s0, t0 = cpu_seconds(me), cpu_seconds(server), time.perf_counter()
     store.put_file(key, src)
-    t1 = time.perf_counter()
+    c1, s1, t1 = cpu_seconds(me), cpu_seconds(server), time.perf_counter()
     store.get_file(key, dest)
-    t2 = time.perf_counter()
+    c2, s2, t2 = cpu_seconds(me), cpu_seconds(server), time.perf_counter()
     assert dest.stat().st_size == src.stat().st_size
     dest.unlink()
     store.delete(key)
-    return t1 - t0, t2 - t1
+    return t1 - t0, t2 - t1, (c1 - c0, s1 - s0), (c2 - c1, s2 - s1)
+
+
+def sha256_cpu(path: Path) -> float:
+    """CPU seconds of one sha256 pass over ``path`` (page cache warm), in 1 MiB reads."""
+    c0 = time.process_time()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return time.process_time() - c0
 
 
 def small_objects(store, n: int, size: int = 64 * 1024, threads: int = 8) -> float:
@@ -229,15 +250,19 @@ def main() -> int:
         client_base = me.memory_info().rss
         stores = {"direct": direct, "server": http}
         times: dict[str, tuple[list, list]] = {name: ([], []) for name in stores}
+        cpu: dict[str, tuple[list, list]] = {name: ([], []) for name in stores}
+        server_proc = psutil.Process(proc.pid)
         sampler = Sampler(proc.pid)
         client = Sampler(me.pid)
         sampler.start()
         client.start()
         for r in range(args.repeats):  # direct and server alternate, so both see the same load
             for name, store in stores.items():
-                p, g = round_trip(store, src, work / "back.bin", f"big/{r}.bin")
+                p, g, pc, gc = round_trip(store, src, work / "back.bin", f"big/{r}.bin", server_proc)
                 times[name][0].append(p)
                 times[name][1].append(g)
+                cpu[name][0].append(pc)
+                cpu[name][1].append(gc)
         server_peak, client_peak = sampler.stop(), client.stop()
         for name, store in stores.items():
             puts, gets = times[name]
@@ -247,7 +272,11 @@ def main() -> int:
                 "put_s": puts,
                 "get_s": gets,
                 "small_objects_per_s": small_objects(store, args.small),
+                # (client, server) CPU seconds of each put and get
+                "put_cpu_s": cpu[name][0],
+                "get_cpu_s": cpu[name][1],
             }
+        results["sha256_pass_cpu_s"] = sha256_cpu(src)
         results["server"]["server_idle_rss"] = idle_rss
         results["server"]["server_peak_rss"] = server_peak
         results["server"]["client_rss_growth"] = client_peak - client_base
@@ -281,6 +310,17 @@ def main() -> int:
         f"server RSS: idle {human_bytes(s['server_idle_rss'])}, peak {human_bytes(s['server_peak_rss'])}; "
         f"client RSS growth {human_bytes(s['client_rss_growth'])}"
     )
+    print(
+        f"CPU seconds per object, median (client / server process; one sha256 pass of the object: "
+        f"{results['sha256_pass_cpu_s']:.2f} s):"
+    )
+    for name in ("direct", "server"):
+        r = results[name]
+        up = [sorted(x[i] for x in r["put_cpu_s"])[len(r["put_cpu_s"]) // 2] for i in (0, 1)]
+        down = [sorted(x[i] for x in r["get_cpu_s"])[len(r["get_cpu_s"]) // 2] for i in (0, 1)]
+        srv = "" if name == "direct" else f" / {up[1]:.2f}"
+        srv_d = "" if name == "direct" else f" / {down[1]:.2f}"
+        print(f"  {name:8} upload {up[0]:.2f}{srv}   download {down[0]:.2f}{srv_d}")
     if "streaming" in results:
         st = results["streaming"]
         print(
