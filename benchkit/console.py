@@ -8,6 +8,11 @@ on a line of its own with :func:`print_hint`. Diagnostics go through ``logging``
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,10 +28,47 @@ from rich.progress import (
 )
 from rich.text import Text
 
+
+class BenchConsole(Console):
+    """A rich console that can outlive its reader.
+
+    When the reader of the output goes away (``benchkit runs | head``), rich quietly exits the
+    program, as a command should. Inside :meth:`surviving_broken_pipe` the console instead
+    goes quiet (its stream now points at ``/dev/null``, so no later write fails either) and the
+    program goes on: a training run must not die because its stdout was closed. ``broken`` says
+    that it happened.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.broken = False
+        self._survive = 0
+
+    @contextlib.contextmanager
+    def surviving_broken_pipe(self) -> Iterator[None]:
+        self._survive += 1
+        try:
+            yield
+        finally:
+            self._survive -= 1
+
+    def on_broken_pipe(self) -> None:
+        self.broken = True
+        if not self._survive:
+            super().on_broken_pipe()  # exits, like any command piped into `head`
+            return
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.file.fileno())
+        finally:
+            os.close(devnull)
+
+
 #: Results and tables (stdout).
-console = Console()
+console = BenchConsole()
 #: Notices, progress and errors (stderr), so stdout stays clean for ``--json``.
-err_console = Console(stderr=True)
+err_console = BenchConsole(stderr=True)
 
 
 def print_hint(message: str, command: str, to: Console | None = None) -> None:

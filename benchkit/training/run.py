@@ -633,7 +633,14 @@ class Run:
         """Print on the main process (through rich) and record the text as a run message."""
         if not self.is_main_process:
             return
-        console.print(*objects, **kwargs)
+        was_broken = console.broken
+        # the reader of stdout may go away (``benchkit run ... | head``, a closed terminal): the
+        # training goes on, and its messages are still recorded
+        with console.surviving_broken_pipe():
+            console.print(*objects, **kwargs)
+        if console.broken and not was_broken:
+            log.warning("stdout was closed: console output stops; messages are still recorded")
+            self.tracker.message("stdout was closed; later messages are only recorded here")
         self.tracker.message(" ".join(str(o) for o in objects))
 
     # --- checkpoints -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from benchkit.store import open_store
 from benchkit.training import runs
 
@@ -193,3 +195,51 @@ def test_the_printed_resume_command_continues_the_run_from_its_recorded_module(
     assert code == 1 and f"give the training module of run {rid}" in flat
     assert f"it ran {path.resolve()}, which is not on this machine" in flat
     assert f"benchkit run path/to/train.py --resume {runs.short_id(rid)}" in flat
+
+
+PRINTER = (
+    HEADER
+    + """
+import os, time
+@bench.train(config={"go": ""})
+def fit(run):
+    run.print("ready")
+    while not os.path.exists(run.config.go):
+        time.sleep(0.02)
+    for i in range(200):
+        run.print(f"line {i}")
+    print("the user's own print")
+    run.log({"done": 1})
+"""
+)
+
+
+def test_a_closed_stdout_does_not_stop_the_run_and_its_messages_are_kept(module, store, tmp_path):
+    """``benchkit run train.py | head -1``: once the reader goes, printing must neither fail the
+    training nor lose the messages (they are still recorded in the run)."""
+    import subprocess
+    import sys
+
+    path = module("printer.py", PRINTER)
+    go = tmp_path / "go"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchkit", "run", str(path), "--cpu", "-c", f"go={go}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if b"ready" in line:
+                break
+        proc.stdout.close()  # the reader goes away, as `head -1` does
+        go.touch()
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    rec = only_run(store)
+    assert rec.status == runs.FINISHED
+    messages = [e["message"] for e in runs.read_events(open_store(store), rec.id) if "message" in e]
+    assert messages[0] == "ready" and messages[-1] == "line 199"
+    assert b"stdout was closed" in err
