@@ -39,6 +39,8 @@ from benchkit.settings import load_credentials
 API_VERSION = 1
 API_PREFIX = "/api/v1"
 SERVICE = "benchkit"
+#: the feature a server lists in ``/info`` when ``PUT /blobs/KEY`` honours ``If-None-Match: *``
+CONDITIONAL_CREATE = "conditional-create"
 RETRY_STATUS = (429, 500, 502, 503, 504)
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 300.0

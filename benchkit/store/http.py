@@ -50,7 +50,14 @@ from typing import Any, BinaryIO
 
 import requests
 
-from benchkit.api_client import SEND_BLOCK, ApiClient, Catalog, find_credentials, normalize_url
+from benchkit.api_client import (
+    CONDITIONAL_CREATE,
+    SEND_BLOCK,
+    ApiClient,
+    Catalog,
+    find_credentials,
+    normalize_url,
+)
 from benchkit.errors import InvalidKey, StoreConnectionError, StoreError
 from benchkit.fsutil import atomic_file
 from benchkit.store.base import DEFAULT_PART_SIZE, ObjectInfo, Store, check_key, check_prefix
@@ -58,6 +65,8 @@ from benchkit.store.base import DEFAULT_PART_SIZE, ObjectInfo, Store, check_key,
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
 LIST_PAGE = 1000
+#: the largest body of a conditional create (the server reads it whole)
+SMALL_CREATE = 1024 * 1024
 DOWNLOAD_BLOCK = 1024 * 1024
 #: the first range of a download: small objects take one request, and it names the version
 FIRST_RANGE = 4 * 1024 * 1024
@@ -168,6 +177,32 @@ class HttpStore(Store):
                      "Content-Type": "application/octet-stream"},
             what=f"writing '{key}'",
         )  # fmt: skip
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """One conditional PUT (``If-None-Match: *``): the server hands it to its store's own
+        conditional create, so of racing writers exactly one gets True. A server too old to
+        offer it gets the check-then-write of the base class, with its warning."""
+        url = self._blob(key)
+        if not self._server_has(CONDITIONAL_CREATE):
+            return super().put_if_absent(key, data)
+        body = bytes(data)
+        if len(body) > SMALL_CREATE:
+            raise StoreError(f"put_if_absent takes small objects (at most 1 MiB): '{key}'")
+        resp = self._req(
+            "PUT",
+            url,
+            data=body,
+            headers={"X-Content-SHA256": hashlib.sha256(body).hexdigest(),
+                     "Content-Type": "application/octet-stream", "If-None-Match": "*"},
+            expect=(200, 412),
+            what=f"creating '{key}'",
+        )  # fmt: skip
+        return resp.status_code == 200
+
+    def _server_has(self, feature: str) -> bool:
+        if not self.client._checked:
+            self.client.check_server()
+        return feature in (self.client.info or {}).get("features", ())
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         self._blob(key)

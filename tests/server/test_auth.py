@@ -13,6 +13,11 @@ from benchkit.store.http import HttpStore
 #: one request of each kind a key can make (the isolation test covers every route)
 WRITES = [
     ("PUT", "/blobs/w/x", {"data": b"x", "headers": {"X-Content-SHA256": "0" * 64}}),
+    (
+        "PUT",
+        "/blobs/w/new",
+        {"data": b"x", "headers": {"X-Content-SHA256": "0" * 64, "If-None-Match": "*"}},
+    ),
     ("DELETE", "/blobs/w/x", {}),
     ("DELETE", "/blobs?prefix=w/", {}),
     ("POST", "/uploads", {"json": {"key": "w/big"}}),

@@ -511,11 +511,6 @@ def test_put_if_absent_creates_once(store):
 def test_racing_processes_each_key_has_one_creator(store, store_url, tmp_path):
     if store_url.startswith("memory://"):
         pytest.skip("memory:// lives inside one process")
-    if store_url.startswith("http"):
-        pytest.skip(
-            "known gap: the Bench server has no conditional create yet, so HttpStore uses the "
-            "base put_if_absent (check, then write), which racing writers can both pass"
-        )
     go = tmp_path / "go"
     procs = [
         subprocess.Popen(

@@ -21,6 +21,7 @@ from benchkit.server.api.body import (
 )
 from benchkit.server.api.deps import API, ServicesDep, Token
 from benchkit.server.services.blobs import Sink
+from benchkit.server.services.errors import BadRequest
 
 router = APIRouter(prefix=API, tags=["blobs"])
 
@@ -50,18 +51,44 @@ class DeletedCount(BaseModel):
     deleted: int
 
 
-@router.put("/blobs/{key:path}", response_model=Stored, openapi_extra=RAW_BODY)
+@router.put(
+    "/blobs/{key:path}",
+    response_model=Stored,
+    responses={412: {"description": "If-None-Match: * and an object exists"}},
+    openapi_extra=RAW_BODY,
+)
 async def put_blob(
     key: str,
     request: Request,
     token: Token,
     services: ServicesDep,
     x_content_sha256: Annotated[str | None, Header(description="SHA-256 of the body, hex")] = None,
+    if_none_match: Annotated[
+        str | None, Header(description="`*`: create only if no object is there, else 412")
+    ] = None,
 ) -> Stored | Response:
     """Store the body under ``key``; it becomes visible only if it hashes to the declared
-    SHA-256 (a replaced object is swapped atomically)."""
+    SHA-256 (a replaced object is swapped atomically). With ``If-None-Match: *`` the object is
+    only created, atomically: 412 when one is already there (a body of at most 1 MiB)."""
     blobs, keys, sha = services.blobs, services.keys, x_content_sha256
     length = content_length(request)
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise BadRequest("only `If-None-Match: *` (create if absent) is supported here")
+        if length is None or length > SMALL_BODY:
+            raise BadRequest(
+                f"a conditional create takes a body of at most {SMALL_BODY} bytes, with its "
+                "Content-Length"
+            )
+        project_id = (await to_thread.run_sync(keys.authenticate, token, True)).project_id
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=400)
+        created = await to_thread.run_sync(blobs.create_bytes, project_id, key, sha, body)
+        if not created:
+            return Response(status_code=412)
+        return Stored(key=key, size=len(body))
     if length is not None and length <= SMALL_BODY:
         # the key is checked before a byte of the body is read (an unknown caller costs no
         # memory), then the body (at most SMALL_BODY) is stored in one worker-thread call

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from benchkit._version import __version__
-from benchkit.api_client import API_VERSION, SERVICE
+from benchkit.api_client import API_VERSION, CONDITIONAL_CREATE, SERVICE
 from benchkit.server.api.deps import API, Reader
 
 router = APIRouter(prefix=API, tags=["server"])
@@ -33,7 +33,7 @@ def info() -> Info:
         service=SERVICE,
         api_version=API_VERSION,
         server_version=__version__,
-        features=["blobs", "uploads", "catalog"],
+        features=["blobs", "uploads", "catalog", CONDITIONAL_CREATE],
     )
 
 

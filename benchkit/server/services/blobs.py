@@ -250,6 +250,27 @@ class Blobs:
             raise
         return self.finish_put(project_id, key, sink, sha256 or "", len(data))
 
+    def create_bytes(self, project_id: str, key: str, sha256: str | None, data: bytes) -> bool:
+        """A whole (small) body stored under ``key`` only if no object is there: checked, then
+        handed to the store's own conditional create, so of racing creators (requests of this
+        server, or servers sharing the store) exactly one wins. False when an object exists."""
+        object_key = self.object_key(project_id, key)
+        want = check_sha256(sha256)
+        if len(data) > self.max_put:
+            raise TooLarge(f"a conditional create may send at most {self.max_put} bytes")
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise BadRequest(
+                f"the body's SHA-256 is {got}, not {want} as declared: nothing was stored"
+            )
+        items = self.catalog.mark(project_id, [key])
+        created = False
+        try:
+            created = self.store.put_if_absent(object_key, data)
+        finally:
+            self.catalog.settle(project_id, items, written=key if created else None)
+        return created
+
     def abort(self, sink: Sink) -> None:
         sink.close()
         self.staging.discard(sink.path)
