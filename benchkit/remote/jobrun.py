@@ -101,7 +101,7 @@ def training_command(
     if role is None:
         return [python, "-m", "benchkit", "run", *run, "--processes", str(spec.nproc_per_node)]
     return [
-        python, "-m", "torch.distributed.run",
+        python, "-m", "benchkit.training.torchrun",  # torchrun, without its traceback when stopped
         f"--nnodes={role.nnodes}", f"--node-rank={role.node_rank}",
         f"--nproc-per-node={spec.nproc_per_node}",
         f"--master-addr={role.master_addr}", f"--master-port={role.master_port}",

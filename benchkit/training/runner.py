@@ -4,7 +4,8 @@
 The launching process does everything that must happen once: check out a stored code version
 (``--version``), migrate datasets missing from the store, type the ``--config`` values, pick the
 run id (or the run to resume). With ``--processes N > 1`` it then starts
-``python -m torch.distributed.run --standalone --nproc_per_node N -m benchkit run ...`` and the
+``python -m benchkit.training.torchrun --standalone --nproc_per_node N -m benchkit run ...``
+(torchrun, quiet when stopped: :mod:`benchkit.training.torchrun`) and the
 workers read the resolved run from ``BENCHKIT_RUN_SPEC`` (JSON in the environment) instead of
 doing it again. On a machine without GPUs the workers use the CPU and gloo.
 """
@@ -631,7 +632,7 @@ def _stop_now(reason: str) -> None:
 def torchrun_command(n: int) -> list[str]:
     """The command that starts ``n`` workers of ``benchkit run`` on this machine."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+        sys.executable, "-m", "benchkit.training.torchrun", "--standalone", f"--nproc_per_node={n}",
         "-m", "benchkit", "run",
     ]  # fmt: skip
 
