@@ -15,8 +15,8 @@ from benchkit.server.api.body import (
     SMALL_OBJECT,
     ClientDisconnect,
     content_length,
-    drain,
     parse_range,
+    receive,
     stream,
 )
 from benchkit.server.api.deps import API, ServicesDep, Token
@@ -104,16 +104,15 @@ async def put_blob(
         project_id = keys.authenticate(token, write=True).project_id
         return project_id, blobs.begin_put(project_id, key, sha, length)
 
-    project_id, sink = await to_thread.run_sync(begin)
-    try:
-        await drain(request, sink.write)
-    except ClientDisconnect:
-        blobs.abort(sink)
-        return Response(status_code=400)
-    except BaseException:
-        blobs.abort(sink)  # cancelled at shutdown, or over the size limit: nothing is kept
-        raise
-    size = await to_thread.run_sync(blobs.finish_put, project_id, key, sink, sha, length)
+    size = await receive(
+        request,
+        begin,
+        sink=lambda st: st[1],
+        abort=lambda st: blobs.abort(st[1]),  # nothing of a failed body is kept
+        finish=lambda st: blobs.finish_put(st[0], key, st[1], sha, length),
+    )
+    if isinstance(size, Response):
+        return size
     return Stored(key=key, size=size)
 
 

@@ -12,12 +12,17 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import TypeVar
 
-from fastapi import Request
+from anyio import to_thread
+from fastapi import Request, Response
 from starlette.requests import ClientDisconnect
 
-from benchkit.server.services.blobs import ReadPlan
+from benchkit.server.services.blobs import ReadPlan, Sink
 from benchkit.server.services.errors import BadRequest
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: bytes gathered from the socket before one write+hash in a worker thread
 FLUSH_BYTES = 1024 * 1024
@@ -81,6 +86,29 @@ async def drain(request: Request, write: Callable[[bytes], None]) -> None:
             wait([running])  # cancelled mid-write: at most one block's work
 
 
+async def receive(
+    request: Request,
+    begin: Callable[[], T],
+    sink: Callable[[T], Sink],
+    abort: Callable[[T], None],
+    finish: Callable[[T], R],
+) -> R | Response:
+    """The shape of every route that takes a large body: ``begin()`` (authenticate, open the
+    sink) in a worker thread, :func:`drain` the body into ``sink(state)``, then ``finish(state)``
+    in a worker thread. A client that goes away half way gets the work aborted and a 400; any
+    other error (a cancel at shutdown, a body over the limit) aborts it and propagates."""
+    state = await to_thread.run_sync(begin)
+    try:
+        await drain(request, sink(state).write)
+    except ClientDisconnect:
+        abort(state)
+        return Response(status_code=400)
+    except BaseException:
+        abort(state)
+        raise
+    return await to_thread.run_sync(finish, state)
+
+
 async def stream(plan: ReadPlan, start: int, end: int) -> AsyncIterator[bytes]:
     """Bytes ``[start, end)`` of ``plan`` in blocks, the next one read in a worker thread while
     the loop sends this one; the object is closed when the last read has finished, even when
@@ -135,5 +163,6 @@ __all__ = [
     "content_length",
     "drain",
     "parse_range",
+    "receive",
     "stream",
 ]

@@ -17,12 +17,11 @@ from datetime import datetime
 from threading import Lock
 from typing import Annotated
 
-from anyio import to_thread
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from benchkit.server.api.blobs import Prefix, Stored
-from benchkit.server.api.body import RAW_BODY, ClientDisconnect, content_length, drain
+from benchkit.server.api.body import RAW_BODY, content_length, receive
 from benchkit.server.api.deps import API, Reader, ServicesDep, Token, Writer
 from benchkit.server.services.blobs import Sink, UploadInfo
 
@@ -112,17 +111,14 @@ async def put_part(
         project_id = keys.authenticate(token, write=True).project_id
         return project_id, *blobs.begin_part(project_id, upload_id, offset, length)
 
-    project_id, sink, lock = await to_thread.run_sync(begin)
-    try:
-        await drain(request, sink.write)
-    except ClientDisconnect:
-        blobs.abort_part(sink, lock)
-        return Response(status_code=400)
-    except BaseException:
-        blobs.abort_part(sink, lock)
-        raise
-    info = await to_thread.run_sync(blobs.finish_part, project_id, upload_id, sink, lock, length)
-    return _out(info)
+    info = await receive(
+        request,
+        begin,
+        sink=lambda st: st[1],
+        abort=lambda st: blobs.abort_part(st[1], st[2]),
+        finish=lambda st: blobs.finish_part(st[0], upload_id, st[1], st[2], length),
+    )
+    return info if isinstance(info, Response) else _out(info)
 
 
 @router.put("/uploads/{upload_id}/parts/{number}", response_model=Part, openapi_extra=RAW_BODY)
@@ -142,19 +138,16 @@ async def put_numbered_part(
         project_id = keys.authenticate(token, write=True).project_id
         return project_id, blobs.begin_numbered(project_id, upload_id, number, length)
 
-    project_id, sink = await to_thread.run_sync(begin)
-    try:
-        await drain(request, sink.write)
-    except ClientDisconnect:
-        blobs.abort_numbered(upload_id, number, sink)
-        return Response(status_code=400)
-    except BaseException:
-        blobs.abort_numbered(upload_id, number, sink)
-        raise
-    part = await to_thread.run_sync(
-        blobs.finish_numbered, project_id, upload_id, number, sink, length, x_content_sha256
+    part = await receive(
+        request,
+        begin,
+        sink=lambda st: st[1],
+        abort=lambda st: blobs.abort_numbered(upload_id, number, st[1]),
+        finish=lambda st: blobs.finish_numbered(
+            st[0], upload_id, number, st[1], length, x_content_sha256
+        ),
     )
-    return Part(**part.__dict__)
+    return part if isinstance(part, Response) else Part(**part.__dict__)
 
 
 @router.post("/uploads/{upload_id}/complete", response_model=Stored)
