@@ -237,6 +237,15 @@ def chunk_samples(
     schema: dict[str, Any] | None = None
     syncer = _Syncer(name, work, workers)
 
+    def died(spans: list[tuple[int, int, int]]) -> DataError:
+        lo, hi = min(s[1] for s in spans), max(s[2] for s in spans)
+        return DataError(
+            f"dataset '{name}': a chunking worker process died (killed, or out of "
+            f"memory?) while writing chunks {min(s[0] for s in spans)}-"
+            f"{max(s[0] for s in spans)} (samples {lo}-{hi}). Nothing was published; "
+            "run the migration again"
+        )
+
     def collect(done: set[Future]) -> None:
         for fut in done:
             k, first, last = pending.pop(fut)
@@ -244,14 +253,7 @@ def chunk_samples(
                 _, info = fut.result()
             except BrokenProcessPool as e:
                 # every chunk in flight fails with the pool, so name them all
-                spans = [(k, first, last), *pending.values()]
-                lo, hi = min(s[1] for s in spans), max(s[2] for s in spans)
-                raise DataError(
-                    f"dataset '{name}': a chunking worker process died (killed, or out of "
-                    f"memory?) while writing chunks {min(s[0] for s in spans)}-"
-                    f"{max(s[0] for s in spans)} (samples {lo}-{hi}). Nothing was published; "
-                    "run the migration again"
-                ) from e
+                raise died([(k, first, last), *pending.values()]) from e
             except BaseException as e:
                 raise _sample_error(name, first, e) from e
             syncer.add(info)
@@ -281,7 +283,12 @@ def chunk_samples(
         while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)
-        fut = pool.submit(_write_task, str(work), k, items, False)
+        try:
+            fut = pool.submit(_write_task, str(work), k, items, False)
+        except BrokenProcessPool as e:
+            # the pool broke after the last result was collected: the same error, naming the
+            # chunks in flight and this one
+            raise died([(k, items[0][0], items[-1][0]), *pending.values()]) from e
         pending[fut] = (k, items[0][0], items[-1][0])
 
     try:
