@@ -28,10 +28,10 @@ Writes ``benchmarks/_work/server.json`` and prints a table (for docs/BENCHMARKS.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +46,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchkit.fsutil import sha256_file  # noqa: E402
 from benchkit.store import LocalStore  # noqa: E402
 from benchkit.store.http import HttpStore  # noqa: E402
 from benchkit.units import human_bytes, parse_size  # noqa: E402
@@ -143,12 +144,9 @@ def round_trip(
 
 
 def sha256_cpu(path: Path) -> float:
-    """CPU seconds of one sha256 pass over ``path`` (page cache warm), in 1 MiB reads."""
+    """CPU seconds of one sha256 pass over ``path`` (page cache warm)."""
     c0 = time.process_time()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MiB):
-            h.update(block)
+    sha256_file(path)
     return time.process_time() - c0
 
 
@@ -316,8 +314,8 @@ def main() -> int:
     )
     for name in ("direct", "server"):
         r = results[name]
-        up = [sorted(x[i] for x in r["put_cpu_s"])[len(r["put_cpu_s"]) // 2] for i in (0, 1)]
-        down = [sorted(x[i] for x in r["get_cpu_s"])[len(r["get_cpu_s"]) // 2] for i in (0, 1)]
+        up = [statistics.median(x[i] for x in r["put_cpu_s"]) for i in (0, 1)]
+        down = [statistics.median(x[i] for x in r["get_cpu_s"]) for i in (0, 1)]
         srv = "" if name == "direct" else f" / {up[1]:.2f}"
         srv_d = "" if name == "direct" else f" / {down[1]:.2f}"
         print(f"  {name:8} upload {up[0]:.2f}{srv}   download {down[0]:.2f}{srv_d}")

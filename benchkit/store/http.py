@@ -168,14 +168,19 @@ class HttpStore(Store):
         if len(data) > self.part_size:
             self._upload(key, _BytesSource(memoryview(data)))
             return
-        body = bytes(data)
-        self._req(
+        self._put_body(url, bytes(data), what=f"writing '{key}'")
+
+    def _put_body(
+        self, url: str, body: bytes, *, headers: dict[str, str] | None = None, **kw: Any
+    ) -> requests.Response:
+        """One PUT of a whole (small) body, with its SHA-256 for the server to check."""
+        return self._req(
             "PUT",
             url,
             data=body,
             headers={"X-Content-SHA256": hashlib.sha256(body).hexdigest(),
-                     "Content-Type": "application/octet-stream"},
-            what=f"writing '{key}'",
+                     "Content-Type": "application/octet-stream", **(headers or {})},
+            **kw,
         )  # fmt: skip
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -188,21 +193,18 @@ class HttpStore(Store):
         body = bytes(data)
         if len(body) > SMALL_CREATE:
             raise StoreError(f"put_if_absent takes small objects (at most 1 MiB): '{key}'")
-        resp = self._req(
-            "PUT",
+        resp = self._put_body(
             url,
-            data=body,
-            headers={"X-Content-SHA256": hashlib.sha256(body).hexdigest(),
-                     "Content-Type": "application/octet-stream", "If-None-Match": "*"},
+            body,
+            headers={"If-None-Match": "*"},
             expect=(200, 412),
             what=f"creating '{key}'",
-        )  # fmt: skip
+        )
         return resp.status_code == 200
 
     def _server_has(self, feature: str) -> bool:
-        if not self.client._checked:
-            self.client.check_server()
-        return feature in (self.client.info or {}).get("features", ())
+        info = self.client.info or self.client.check_server()  # the handshake, once
+        return feature in info.get("features", ())
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         self._blob(key)

@@ -72,7 +72,8 @@ async def put_blob(
     only created, atomically: 412 when one is already there (a body of at most 1 MiB)."""
     blobs, keys, sha = services.blobs, services.keys, x_content_sha256
     length = content_length(request)
-    if if_none_match is not None:
+    create = if_none_match is not None
+    if create:
         if if_none_match.strip() != "*":
             raise BadRequest("only `If-None-Match: *` (create if absent) is supported here")
         if length is None or length > SMALL_BODY:
@@ -80,15 +81,6 @@ async def put_blob(
                 f"a conditional create takes a body of at most {SMALL_BODY} bytes, with its "
                 "Content-Length"
             )
-        project_id = (await to_thread.run_sync(keys.authenticate, token, True)).project_id
-        try:
-            body = await request.body()
-        except ClientDisconnect:
-            return Response(status_code=400)
-        created = await to_thread.run_sync(blobs.create_bytes, project_id, key, sha, body)
-        if not created:
-            return Response(status_code=412)
-        return Stored(key=key, size=len(body))
     if length is not None and length <= SMALL_BODY:
         # the key is checked before a byte of the body is read (an unknown caller costs no
         # memory), then the body (at most SMALL_BODY) is stored in one worker-thread call
@@ -97,6 +89,10 @@ async def put_blob(
             body = await request.body()  # the parser stops at Content-Length
         except ClientDisconnect:
             return Response(status_code=400)
+        if create:
+            if not await to_thread.run_sync(blobs.create_bytes, project_id, key, sha, body):
+                return Response(status_code=412)
+            return Stored(key=key, size=len(body))
         size = await to_thread.run_sync(blobs.put_bytes, project_id, key, sha, body)
         return Stored(key=key, size=size)
 

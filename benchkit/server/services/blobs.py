@@ -58,6 +58,14 @@ def check_sha256(value: str | None) -> str:
     return v
 
 
+def check_declared(got: str, sha256: str | None) -> None:
+    """Refuse a body whose SHA-256 (``got``, hex) is not the one its sender declared."""
+    if got != check_sha256(sha256):
+        raise BadRequest(
+            f"the body's SHA-256 is {got}, not {sha256} as declared: nothing was stored"
+        )
+
+
 def composite_sha256(parts: list[str]) -> str:
     """What a parallel session records as its checksum: the SHA-256 of its parts' digests."""
     return hashlib.sha256(b"".join(bytes.fromhex(check_sha256(p)) for p in parts)).hexdigest()
@@ -230,11 +238,7 @@ class Blobs:
             sink.close()
             if length is not None and sink.count != length:
                 raise BadRequest(f"received {sink.count} bytes, Content-Length said {length}")
-            got = sink.hash.hexdigest()
-            if got != check_sha256(sha256):
-                raise BadRequest(
-                    f"the body's SHA-256 is {got}, not {sha256} as declared: nothing was stored"
-                )
+            check_declared(sink.hash.hexdigest(), sha256)
             self._commit(project_id, key, sink.path)
         finally:
             self.staging.discard(sink.path)
@@ -255,14 +259,9 @@ class Blobs:
         handed to the store's own conditional create, so of racing creators (requests of this
         server, or servers sharing the store) exactly one wins. False when an object exists."""
         object_key = self.object_key(project_id, key)
-        want = check_sha256(sha256)
         if len(data) > self.max_put:
             raise TooLarge(f"a conditional create may send at most {self.max_put} bytes")
-        got = hashlib.sha256(data).hexdigest()
-        if got != want:
-            raise BadRequest(
-                f"the body's SHA-256 is {got}, not {want} as declared: nothing was stored"
-            )
+        check_declared(hashlib.sha256(data).hexdigest(), sha256)
         items = self.catalog.mark(project_id, [key])
         created = False
         try:
