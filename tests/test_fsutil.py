@@ -1,13 +1,16 @@
-"""fsutil: atomic writes, the file hash and the exclusive lock shared by every layer."""
+"""fsutil: atomic writes, the file hash, writing many pieces at once and the exclusive lock
+shared by every layer."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
 import pytest
 
+from benchkit import fsutil
 from benchkit.errors import LockTimeout
 from benchkit.fsutil import atomic_file, exclusive_lock, sha256_file
 
@@ -50,3 +53,34 @@ def test_exclusive_lock_excludes_another_process_and_times_out_with_the_lock_fil
         holder.wait()
     with exclusive_lock(lock, timeout=30):  # free once the holder is gone
         pass
+
+
+def test_write_all_goes_on_after_short_writes_and_past_iov_max(tmp_path, monkeypatch):
+    calls = []
+    real = os.writev
+
+    def short_writev(fd, buffers):  # a kernel may write less than asked: at most 7 bytes here
+        calls.append(len(buffers))
+        total, out = 0, []
+        for b in buffers:
+            take = bytes(b[: 7 - total])
+            out.append(take)
+            total += len(take)
+            if total == 7:
+                break
+        return real(fd, out)
+
+    pieces = [bytes([i % 251]) * (i % 5) for i in range(3000)]  # empty ones among them
+    expected = b"".join(pieces)
+    monkeypatch.setattr(os, "writev", short_writev)
+    with open(tmp_path / "out", "wb", buffering=0) as f:
+        assert fsutil.write_all(f.fileno(), pieces) == len(expected)
+    assert (tmp_path / "out").read_bytes() == expected
+    assert max(calls) <= fsutil._IOV_MAX
+
+
+def test_write_all_writes_more_pieces_than_iov_max(tmp_path):
+    pieces = [os.urandom(1000) for _ in range(2500)]
+    with open(tmp_path / "out", "wb", buffering=0) as f:
+        assert fsutil.write_all(f.fileno(), pieces) == 2_500_000
+    assert (tmp_path / "out").read_bytes() == b"".join(pieces)

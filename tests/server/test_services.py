@@ -56,7 +56,7 @@ def test_only_a_digest_of_the_secret_is_stored(services):
 
 def _write(blobs, project_id: str, upload_id: str, offset: int, data: bytes) -> int:
     sink, lock = blobs.begin_part(project_id, upload_id, offset, len(data))
-    sink.write(data)
+    sink.write([data])
     return blobs.finish_part(project_id, upload_id, sink, lock, len(data)).received
 
 
