@@ -102,25 +102,27 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         sync_file(path)
 
 
-#: buffers per ``writev`` call (Linux's IOV_MAX; fewer where the system says so)
-_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
+#: buffers per ``writev`` call (Linux's IOV_MAX; fewer where the system says so; sysconf
+#: answers -1 where it sets no limit)
+_IOV_MAX = max(1, min(1024, os.sysconf("SC_IOV_MAX"))) if hasattr(os, "sysconf") else 1
 
 
 def write_all(fd: int, pieces: list[bytes] | list[memoryview]) -> int:
     """Write ``pieces`` one after another at ``fd``'s position with as few system calls as
     possible (``writev``, no joined copy), going on after a short write; returns the bytes
-    written."""
+    written. Linear in the number of pieces, however small they are."""
     views = [memoryview(p) for p in pieces if len(p)]
-    total = 0
-    while views:
-        batch = views[:_IOV_MAX]
-        done = os.writev(fd, batch) if hasattr(os, "writev") else os.write(fd, batch[0])
+    writev = getattr(os, "writev", None)
+    total = i = 0  # views[:i] are written
+    while i < len(views):
+        done = writev(fd, views[i : i + _IOV_MAX]) if writev else os.write(fd, views[i])
         total += done
-        while done:  # drop what was written, keep the rest of a piece written in part
-            if done >= len(views[0]):
-                done -= len(views.pop(0))
+        while done:  # step past what was written, keep the rest of a piece written in part
+            if done >= len(views[i]):
+                done -= len(views[i])
+                i += 1
             else:
-                views[0], done = views[0][done:], 0
+                views[i], done = views[i][done:], 0
     return total
 
 
